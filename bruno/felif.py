@@ -1,0 +1,212 @@
+"""Ferroelectric leaky integrate-and-fire (FeLIF) compact model: the one place its physics lives.
+
+The model is the paper's (SPEC §3): a membrane node of capacitance ``C_tot`` driven by an input
+current, discharged by a diode-like leak, and loaded by a FeCAP whose polarisation follows a
+nucleation-limited switching law. Units are SI throughout: volts, amperes, seconds, metres,
+coulombs per square metre.
+
+Everything here is a pure function of ``(state, input_current, parameters)`` so that the fine path,
+the coarse step, calibration and the command line all evaluate the same equations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import torch
+
+VACUUM_PERMITTIVITY = 8.8541878128e-12  # F/m
+V_CLIP = 5.0  # V; the membrane voltage is clipped to +/- this value
+
+
+@dataclasses.dataclass(frozen=True)
+class FeLIFParameters:
+    """Device parameters of one FeLIF neuron (or, as tensors, one per neuron).
+
+    Field values may be Python floats or tensors broadcastable against the state, so that
+    device-to-device variability is just a tensor of per-neuron values.
+    """
+
+    area: float | torch.Tensor = 25e-12  # m^2, FeCAP area A
+    ferroelectric_thickness: float | torch.Tensor = 10e-9  # m, t_fe
+    interlayer_thickness: float | torch.Tensor = 1.375e-9  # m, t_int
+    ferroelectric_permittivity: float | torch.Tensor = 25.2  # relative, eps_fe
+    interlayer_permittivity: float | torch.Tensor = 33.0  # relative, eps_int
+    activation_field: float | torch.Tensor = 1.27e9  # V/m, Ea
+    saturation_polarization: float | torch.Tensor = 0.22  # C/m^2, Ps
+    switching_time_constant: float | torch.Tensor = 1e-13  # s, tau0
+    switching_exponent: float | torch.Tensor = 1.3  # alpha
+    leak_current_density: float | torch.Tensor = 1e-4  # A/m^2, I0
+    leak_thermal_voltage: float | torch.Tensor = 0.32  # V, Vt
+    parasitic_capacitance: float | torch.Tensor = 15e-15  # F, C_par
+    discharge_current: float | torch.Tensor = 10e-12  # A, I_dsc
+    threshold_voltage: float | torch.Tensor = 2.5  # V, V_thr
+    reset_voltage: float | torch.Tensor = -1.5  # V, membrane value after a spike
+    soft_field: float | torch.Tensor = 1e3  # V/m, E_soft: keeps the rate finite at E = 0
+    input_gain: float | torch.Tensor = 1.0  # dimensionless scale on the input current
+
+    @property
+    def total_capacitance(self) -> float | torch.Tensor:
+        """C_tot = eps0 eps_fe A / t_fe + C_par (F): the membrane's small-signal capacitance."""
+        return (
+            VACUUM_PERMITTIVITY
+            * self.ferroelectric_permittivity
+            * self.area
+            / self.ferroelectric_thickness
+            + self.parasitic_capacitance
+        )
+
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self))
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        """Return a copy whose tensor fields live on ``device`` with ``dtype``."""
+        changes = {}
+        for name in self.field_names():
+            value = getattr(self, name)
+            if isinstance(value, torch.Tensor):
+                changes[name] = value.to(device=device, dtype=dtype)
+        return dataclasses.replace(self, **changes)
+
+
+class FeLIFState(NamedTuple):
+    """Membrane voltage ``v`` (V) and ferroelectric polarisation ``polarization`` (C/m^2)."""
+
+    v: torch.Tensor
+    polarization: torch.Tensor
+
+
+def initial_state(
+    shape: tuple[int, ...] | torch.Size,
+    parameters: FeLIFParameters,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> FeLIFState:
+    """The rest state v = 0, P = -Ps (the FeCAP fully polarised downwards)."""
+    v = torch.zeros(shape, device=device, dtype=dtype)
+    polarization = -torch.as_tensor(parameters.saturation_polarization, device=device, dtype=dtype)
+    return FeLIFState(v=v, polarization=polarization.expand(shape).clone())
+
+
+def ferroelectric_field(
+    v: torch.Tensor, polarization: torch.Tensor, p: FeLIFParameters
+) -> torch.Tensor:
+    """Electric field in the ferroelectric layer (V/m) of the interlayer/ferroelectric stack."""
+    numerator = p.interlayer_permittivity * v - (
+        p.interlayer_thickness / VACUUM_PERMITTIVITY
+    ) * polarization
+    denominator = (
+        p.ferroelectric_thickness * p.interlayer_permittivity
+        + p.interlayer_thickness * p.ferroelectric_permittivity
+    )
+    return numerator / denominator
+
+
+def switching_rate(field: torch.Tensor, p: FeLIFParameters) -> torch.Tensor:
+    """Nucleation-limited switching rate 1/tau(E) (1/s)."""
+    return torch.exp(-((p.activation_field / (field.abs() + p.soft_field)) ** p.switching_exponent)) / (
+        p.switching_time_constant
+    )
+
+
+def leak_current(v: torch.Tensor, p: FeLIFParameters) -> torch.Tensor:
+    """Current through the leak element (A): a diode branch plus a constant discharge current."""
+    return torch.sign(v) * (
+        p.leak_current_density * p.area * (torch.exp(v / p.leak_thermal_voltage) - 1.0)
+        + p.discharge_current
+    )
+
+
+def derivatives(
+    state: FeLIFState, input_current: torch.Tensor, p: FeLIFParameters
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dv/dt, dP/dt) of the FeLIF neuron for an input current (A)."""
+    field = ferroelectric_field(state.v, state.polarization, p)
+    d_polarization = (
+        torch.sign(field) * p.saturation_polarization - state.polarization
+    ) * switching_rate(field, p)
+    polarization_current = p.area * d_polarization
+    dv = (
+        p.input_gain * input_current - leak_current(state.v, p) - polarization_current
+    ) / p.total_capacitance
+    return dv, d_polarization
+
+
+def euler_step(
+    state: FeLIFState, input_current: torch.Tensor, p: FeLIFParameters, dt: float
+) -> FeLIFState:
+    """One explicit Euler step of length ``dt`` (s), with v clipped to +/-5 V and P to +/-Ps.
+
+    This is the reference step: the fused fine path and the coarse step must agree with it.
+    No spike handling happens here.
+    """
+    dv, d_polarization = derivatives(state, input_current, p)
+    v = torch.clamp(state.v + dt * dv, -V_CLIP, V_CLIP)
+    ps = torch.as_tensor(p.saturation_polarization, dtype=v.dtype, device=v.device)
+    polarization = torch.minimum(
+        torch.maximum(state.polarization + dt * d_polarization, -ps), ps
+    )
+    return FeLIFState(v=v, polarization=polarization)
+
+
+class FeLIFTrace(NamedTuple):
+    """A fine-resolution simulation: sampled traces and the spike times of every neuron."""
+
+    time: torch.Tensor  # (samples,) s
+    v: torch.Tensor  # (samples, *neurons) V
+    polarization: torch.Tensor  # (samples, *neurons) C/m^2
+    spike_times: list[list[float]]  # per neuron (flattened order), s
+
+
+def simulate(
+    input_current: torch.Tensor,
+    p: FeLIFParameters,
+    dt: float = 1e-6,
+    record_every: int = 1,
+    state: FeLIFState | None = None,
+) -> FeLIFTrace:
+    """Simulate neurons as a circuit would run: reset at the fine step that crosses threshold.
+
+    ``input_current`` has shape (steps, *neurons) in A, one value per fine step ``dt``. A neuron
+    whose membrane exceeds ``threshold_voltage`` records a spike at the end of that step and is
+    reset to (``reset_voltage``, -Ps). This is the device-level view used by calibration and the
+    command line; the trainers instead hold spiking neurons until the next coarse step (SPEC §3).
+    """
+    if input_current.dim() < 1:
+        raise ValueError("input_current must have a leading time axis (steps, *neurons)")
+    if not torch.isfinite(input_current).all():
+        raise ValueError("input_current contains NaN or Inf")
+    if record_every < 1:
+        raise ValueError(f"record_every must be >= 1, got {record_every}")
+    steps = input_current.shape[0]
+    shape = input_current.shape[1:]
+    dtype, device = input_current.dtype, input_current.device
+    if state is None:
+        state = initial_state(shape, p, device=device, dtype=dtype)
+    ps = torch.as_tensor(p.saturation_polarization, dtype=dtype, device=device).expand(shape)
+    reset_v = torch.as_tensor(p.reset_voltage, dtype=dtype, device=device).expand(shape)
+    threshold = torch.as_tensor(p.threshold_voltage, dtype=dtype, device=device)
+    times, vs, ps_trace = [0.0], [state.v.clone()], [state.polarization.clone()]
+    spikes: list[list[float]] = [[] for _ in range(max(1, int(torch.tensor(shape).prod())))]
+    with torch.no_grad():
+        for k in range(steps):
+            state = euler_step(state, input_current[k], p, dt)
+            fired = state.v > threshold
+            if bool(fired.any()):
+                for index in torch.nonzero(fired.reshape(-1)).flatten().tolist():
+                    spikes[index].append((k + 1) * dt)
+                state = FeLIFState(
+                    v=torch.where(fired, reset_v, state.v),
+                    polarization=torch.where(fired, -ps, state.polarization),
+                )
+            if (k + 1) % record_every == 0:
+                times.append((k + 1) * dt)
+                vs.append(state.v.clone())
+                ps_trace.append(state.polarization.clone())
+    return FeLIFTrace(
+        time=torch.tensor(times, dtype=torch.float64),
+        v=torch.stack(vs),
+        polarization=torch.stack(ps_trace),
+        spike_times=spikes,
+    )
