@@ -1,0 +1,137 @@
+"""FeLIF calibration error paths: each failure names what failed, and nothing is half-written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from calibration import felif as F
+from calibration import spice
+
+
+def test_stimulus_outside_the_working_range_is_refused():
+    with pytest.raises(F.StimulusRangeError, match=r"dc_5nA.*outside the calibrated working range"):
+        F.check_stimulus(F.dc_stimulus(5e-9, 0.01))
+    with pytest.raises(F.StimulusRangeError, match="dc_0.01nA"):
+        F.compact_runs([F.dc_stimulus(1e-11, 0.01)], [{}])
+    negative = F.Stimulus("negative_pwl", 0.01, times=(0.0, 0.01), currents=(-1e-10, 0.0))
+    with pytest.raises(F.StimulusRangeError, match="negative_pwl"):
+        F.spice_run(negative)
+    unsorted = F.Stimulus("unsorted_pwl", 0.01, times=(0.0, 0.005, 0.004), currents=(0, 0, 0))
+    with pytest.raises(F.StimulusRangeError, match="increase strictly"):
+        F.check_stimulus(unsorted)
+    with pytest.raises(F.StimulusRangeError, match="duration"):
+        F.check_stimulus(F.dc_stimulus(1e-9, float("nan")))
+
+
+def test_missing_ngspice_names_the_library(monkeypatch):
+    monkeypatch.setenv("NGSPICE_LIBRARY_PATH", "/nonexistent/libngspice.so")
+    with pytest.raises(spice.NgspiceNotFoundError, match="NGSPICE_LIBRARY_PATH"):
+        spice.find_ngspice_library()
+    # through the worker processes calibration uses (each starts its own ngspice)
+    with pytest.raises(F.FeLIFCalibrationError, match=r"dc_1nA.*NGSPICE_LIBRARY_PATH"):
+        F.spice_runs([F.dc_stimulus(1e-9, 0.005)])
+
+
+def test_calibrate_without_ngspice_writes_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv("NGSPICE_LIBRARY_PATH", "/nonexistent/libngspice.so")
+    output = tmp_path / "felif.json"
+    with pytest.raises(F.FeLIFCalibrationError, match="ngspice failed"):
+        F.calibrate(quick=True, output=output)
+    assert not output.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.spice
+def test_netlist_that_does_not_converge_names_deck_and_node(tmp_path):
+    try:
+        spice.find_ngspice_library()
+    except spice.NgspiceNotFoundError as error:
+        pytest.skip(str(error))
+    # an algebraic loop with no solution: v = (v > 0.5 ? 0 : 1)
+    deck = F.NETLIST.read_text().replace(
+        "\n.tran ", "\nBbad bad 0 V={V(bad) > 0.5 ? 0 : 1}\nRbad bad 0 1k\n.tran ", 1
+    )
+    bad = tmp_path / "felif_broken.cir"
+    bad.write_text(deck)
+    with pytest.raises(
+        spice.ConvergenceError, match=r"felif_broken\.cir\[dc_2nA\].*[Tt]imestep too small"
+    ):
+        F.spice_run(F.dc_stimulus(2e-9, 0.01), netlist=bad)
+    with pytest.raises(F.FeLIFCalibrationError, match=r"dc_2nA.*ConvergenceError"):
+        F.spice_runs([F.dc_stimulus(2e-9, 0.01)], netlist=bad)
+
+
+def test_unknown_parameter_override_and_missing_input_line(tmp_path):
+    with pytest.raises(spice.SpiceError, match="not_a_param"):
+        F.spice_deck(F.dc_stimulus(1e-9, 0.01), overrides={"not_a_param": 1.0})
+    deck = "\n".join(
+        ln for ln in F.NETLIST.read_text().splitlines() if not ln.lower().startswith("iin ")
+    )
+    path = tmp_path / "no_input.cir"
+    path.write_text(deck)
+    with pytest.raises(spice.SpiceError, match="input source line"):
+        F.spice_deck(F.dc_stimulus(1e-9, 0.01), netlist=path)
+
+
+def _good_preset() -> dict:
+    return json.loads(F.PRESET.read_text())
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda p: "{not json", "not valid JSON"),
+        (lambda p: [1, 2], "expected a JSON object"),
+        (lambda p: {**p, "schema": "bruno.rram-preset/1"}, "'schema'"),
+        (lambda p: {**p, "device": "rram"}, "'device'"),
+        (
+            lambda p: {**p, "parameters": {**p["parameters"], "activation_feild": 1e9}},
+            "activation_feild",
+        ),
+        (
+            lambda p: {**p, "parameters": {**p["parameters"], "saturation_polarization": "0.2"}},
+            "saturation_polarization",
+        ),
+        (lambda p: {**p, "parameters": {**p["parameters"], "area": -1.0}}, "parameters.area"),
+        (lambda p: {**p, "parameters": {}}, "'parameters'"),
+        (lambda p: {k: v for k, v in p.items() if k != "provenance"}, "'provenance'"),
+    ],
+    ids=[
+        "not-json",
+        "not-object",
+        "schema",
+        "device",
+        "unknown-field",
+        "string-value",
+        "negative",
+        "empty",
+        "no-provenance",
+    ],
+)
+def test_malformed_preset_names_file_and_field(tmp_path, mutate, message):
+    path = tmp_path / "bad_felif.json"
+    payload = mutate(_good_preset())
+    path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
+    with pytest.raises(F.PresetError, match="bad_felif.json") as info:
+        F.load_preset(path)
+    assert message in str(info.value)
+    # validate refuses it before running anything and writes no report
+    out = tmp_path / "validation"
+    with pytest.raises(F.PresetError):
+        F.validate(quick=True, preset=path, output_dir=out)
+    assert not out.exists()
+
+
+def test_missing_preset_says_how_to_make_it(tmp_path):
+    with pytest.raises(F.PresetError, match="make calibrate"):
+        F.load_preset(tmp_path / "absent.json")
+
+
+def test_nan_in_preset_is_refused(tmp_path):
+    payload = _good_preset()
+    payload["parameters"]["activation_field"] = float("nan")
+    path = tmp_path / "nan_felif.json"
+    path.write_text(json.dumps(payload))  # Python writes NaN, which json.loads reads back
+    with pytest.raises(F.PresetError, match="parameters.activation_field"):
+        F.load_preset(path)

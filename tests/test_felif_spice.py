@@ -1,0 +1,138 @@
+"""FeLIF netlist through ngspice: the runner, SPICE convergence in the maximum step, plain ngspice,
+and a quick end-to-end calibrate -> validate into a temporary directory. Seconds of SPICE each."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from calibration import felif as F
+
+pytestmark = pytest.mark.spice
+
+
+def _require_ngspice():
+    try:
+        F.spice.find_ngspice_library()
+    except F.spice.NgspiceNotFoundError as error:
+        pytest.skip(str(error))
+
+
+def test_runner_dc_spikes_and_initial_state():
+    _require_ngspice()
+    trace = F.spice_run(F.dc_stimulus(2.0e-9, 0.02))
+    assert 2 <= len(trace.spike_times) <= 4
+    assert 4e-3 < trace.spike_times[0] < 9e-3  # same regime as the paper's neuron (~6 ms at 2 nA)
+    isi = np.diff(trace.spike_times)
+    assert np.allclose(isi, isi[0], rtol=0.01)  # DC: periodic after the first spike
+    assert trace.v[0] == pytest.approx(0.0, abs=1e-2)
+    # all domains start at -Ps (the softest ones begin to back-switch at once under the
+    # depolarising field, so the first sample may already have moved a little)
+    assert trace.polarization[0] == pytest.approx(-0.22, abs=2e-3)
+    assert np.all(np.isfinite(trace.v)) and trace.v.max() < 2.6 and trace.v.min() > -4.1
+    assert trace.polarization.max() <= 0.22 + 1e-6
+    assert trace.points > 1000 and trace.wall_s > 0
+
+
+def test_runner_pwl_input_matches_dc_when_constant():
+    _require_ngspice()
+    flat = F.Stimulus("flat_pwl_1.5nA", 0.015, times=(0.0, 0.015), currents=(1.5e-9, 1.5e-9))
+    pwl = F.spice_run(flat)
+    dc = F.spice_run(F.dc_stimulus(1.5e-9, 0.015))
+    assert len(pwl.spike_times) == len(dc.spike_times) >= 1
+    assert np.allclose(pwl.spike_times, dc.spike_times, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "stimulus",
+    [
+        F.dc_stimulus(2.0e-9, 0.02),
+        F.spike_train(
+            400.0,
+            0.03,
+            seed=5,
+            amplitude=(0.8e-9, 1.4e-9),
+            baseline=0.5e-9,
+            name="train_convergence",
+        ),
+    ],
+    ids=["dc_2nA", "spike_train"],
+)
+def test_halving_the_maximum_step_moves_spike_times_less_than_half_a_percent(stimulus):
+    _require_ngspice()
+    max_step = F.netlist_parameters()["t_max"]
+    coarse = F.spice_run(stimulus, max_step=max_step)
+    fine = F.spice_run(stimulus, max_step=max_step / 2)
+    assert len(coarse.spike_times) == len(fine.spike_times) >= 1
+    change = np.abs(coarse.spike_times - fine.spike_times) / fine.spike_times
+    assert change.max() < 0.005, change
+    # also against the inter-spike intervals, the stricter measure
+    if len(fine.spike_times) > 1:
+        isi_change = np.abs(np.diff(coarse.spike_times) - np.diff(fine.spike_times))
+        assert (isi_change / np.diff(fine.spike_times)).max() < 0.005
+
+
+def test_netlist_runs_in_plain_ngspice(tmp_path):
+    if shutil.which("ngspice") is None:
+        pytest.skip("ngspice executable not on PATH")
+    deck = F.NETLIST.read_text().replace("t_stop=60e-3", "t_stop=45e-3")
+    path = tmp_path / "felif.cir"
+    path.write_text(deck)
+    out = subprocess.run(
+        ["ngspice", "-b", str(path)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(ln for ln in out.stdout.splitlines() if ln.strip().startswith("t_first_spike"))
+    first = float(line.split("=")[1].split()[0])
+    assert 0.02 < first < 0.045  # 308 pA: tens of ms, like the paper's 41.8 ms
+
+
+def test_every_device_value_is_a_param():
+    params = F.netlist_parameters()
+    for name in (
+        "area",
+        "t_fe",
+        "t_int",
+        "eps_fe",
+        "eps_int",
+        "ps",
+        "ea",
+        "ea_spread",
+        "tau0",
+        "alpha",
+        "c_par",
+        "leak_is",
+        "leak_n",
+        "idsc",
+        "vthr",
+        "tau_cmp",
+        "tau_rst",
+        "r_on",
+        "v_erase",
+        "v_reset",
+        "t_max",
+    ):
+        assert name in params, name
+    text = F.NETLIST.read_text().lower()
+    assert ".options reltol=" in text and "abstol=" in text
+
+
+def test_quick_calibrate_then_validate_into_a_temporary_directory(tmp_path):
+    _require_ngspice()
+    preset = F.calibrate(quick=True, output=tmp_path / "felif.json")
+    payload = F.load_preset(preset)
+    assert payload["provenance"]["quick"] is True
+    assert payload["provenance"]["netlist_sha256"] == F.spice.netlist_hash(F.NETLIST)
+    assert payload["fit"]["n_evaluations"] >= 1
+    ok = F.validate(quick=True, preset=preset, output_dir=tmp_path / "validation")
+    report = json.loads((tmp_path / "validation" / "felif_quick.json").read_text())
+    for key in ("isi_rel_error_median", "isi_rel_error_max", "v_nrmse", "p_nrmse", "passed"):
+        assert key in report
+    assert report["passed"] is ok
+    assert (tmp_path / "validation" / "felif_traces.png").stat().st_size > 1000
+    assert (tmp_path / "validation" / "felif_fi.png").stat().st_size > 1000
+    assert not list(tmp_path.rglob("*.tmp"))
