@@ -1,0 +1,222 @@
+/* Fused FeLIF fine path: explicit Euler steps of many neurons, SIMD across neurons.
+ *
+ * This file is the only restatement of the FeLIF equations outside bruno/felif.py
+ * (tests/test_bruno_fine_path.py pins it to bruno.felif.euler_step). The equations, with the
+ * per-neuron coefficients packed by bruno/native.py (``COEFFICIENTS`` there, same order as the
+ * C_* indices below):
+ *
+ *   E      = field_v * v - field_p * P                       (ferroelectric_field)
+ *   rate   = exp(-exp(alpha * (log Ea - log(|E| + E_soft)))) / tau0
+ *          = exp(-(Ea / (|E| + E_soft))^alpha) / tau0         (switching_rate)
+ *   dP/dt  = (sign(E) Ps - P) rate
+ *   I_leak = sign(v) (I0 A (exp(v / Vt) - 1) + I_dsc)        (leak_current)
+ *   dv/dt  = (gain I_in - I_leak - A dP/dt) / C_tot
+ *   v' = clamp(v + dt dv/dt, -5, 5),  P' = clamp(P + dt dP/dt, -Ps, Ps)  (euler_step)
+ *
+ * Layout: the time loop is outside, an inner loop over a block of neurons runs under
+ * `#pragma omp simd` so that gcc calls glibc's vector math (libmvec) for exp/log; blocks are
+ * spread over OpenMP threads only when there are enough neurons to fill them.
+ *
+ * Two spike modes:
+ *   HOLD  (trainers, SPEC section 3): a neuron whose membrane exceeds threshold stops
+ *         integrating for the rest of the call; `held[i]` is read at entry and written at exit.
+ *         The input current is constant over the call (i_stride = 0) or per step.
+ *   RESET (device simulation, bruno.felif.simulate): a neuron crossing threshold at a step is
+ *         reset to (reset_voltage, -Ps) at that step; `fired[k * n + i]` records it.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stddef.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+enum {
+    C_FIELD_V = 0,
+    C_FIELD_P,
+    C_LOG_EA,
+    C_SOFT_FIELD,
+    C_ALPHA,
+    C_INV_TAU0,
+    C_PS,
+    C_AREA,
+    C_LEAK_I0A,
+    C_INV_VT,
+    C_I_DSC,
+    C_GAIN,
+    C_INV_C,
+    C_THRESHOLD,
+    C_RESET_V,
+    C_COUNT
+};
+
+int bruno_felif_abi_version(void) { return 1; }
+int bruno_felif_coefficient_count(void) { return C_COUNT; }
+int bruno_felif_has_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+#define V_CLIP 5.0
+
+/* float32 exp/log: branch-free Cephes-style polynomials (about 1 ulp on the ranges used here),
+ * inlined so that the SIMD loop keeps its registers instead of calling libmvec four times per
+ * neuron step; they about double the float32 throughput. Define BRUNO_LIBM_FLOAT to use libm
+ * (libmvec) instead. float64 always uses libm. */
+static inline float bruno_expf(float x) {
+    x = fminf(fmaxf(x, -87.0f), 88.0f);
+#if defined(__x86_64__) && !defined(__SSE4_1__)
+    /* plain SSE2 has no vector floor: round through a truncating conversion */
+    const float t = x * 1.44269504088896341f;
+    const float n = (float)(int32_t)(t + (t < 0.0f ? -0.5f : 0.5f));
+#else
+    const float n = floorf(x * 1.44269504088896341f + 0.5f);
+#endif
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float q = 1.9875691500e-4f;
+    q = q * r + 1.3981999507e-3f;
+    q = q * r + 8.3334519073e-3f;
+    q = q * r + 4.1665795894e-2f;
+    q = q * r + 1.6666665459e-1f;
+    q = q * r + 5.0000001201e-1f;
+    q = q * r * r + r + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    __builtin_memcpy(&scale, &bits, sizeof scale);
+    return q * scale;
+}
+
+static inline float bruno_logf(float x) { /* x > 0, normal */
+    int32_t bits;
+    __builtin_memcpy(&bits, &x, sizeof bits);
+    float e = (float)(((bits >> 23) & 0xff) - 126);
+    bits = (bits & 0x807fffff) | 0x3f000000;
+    float m;
+    __builtin_memcpy(&m, &bits, sizeof m);
+    const int small = m < 0.707106781186547524f;
+    e = small ? e - 1.0f : e;
+    m = (small ? m + m : m) - 1.0f;
+    const float z = m * m;
+    float y = 7.0376836292e-2f;
+    y = y * m - 1.1514610310e-1f;
+    y = y * m + 1.1676998740e-1f;
+    y = y * m - 1.2420140846e-1f;
+    y = y * m + 1.4249322787e-1f;
+    y = y * m - 1.6668057665e-1f;
+    y = y * m + 2.0000714765e-1f;
+    y = y * m - 2.4999993993e-1f;
+    y = y * m + 3.3333331174e-1f;
+    y = y * m * z;
+    y = y - 2.12194440e-4f * e;
+    y = y - 0.5f * z;
+    return m + y + 0.693359375f * e;
+}
+
+#ifdef BRUNO_LIBM_FLOAT
+#define BRUNO_EXPF expf
+#define BRUNO_LOGF logf
+#else
+#define BRUNO_EXPF bruno_expf
+#define BRUNO_LOGF bruno_logf
+#endif
+
+#define DEFINE_KERNEL(T, SUFFIX, EXP, LOG, FABS, FMIN, FMAX)                                       \
+    static void block_##SUFFIX(int64_t lo, int64_t hi, int64_t n, int64_t steps, T dt,            \
+                               T *restrict v, T *restrict p, const T *restrict current,            \
+                               int64_t i_stride, const T *const *coef, int mode,                   \
+                               uint8_t *restrict held, uint8_t *restrict fired,                    \
+                               T *restrict v_rec, T *restrict p_rec, int64_t record_every) {        \
+        const T *restrict fv = coef[C_FIELD_V];                                                     \
+        const T *restrict fp = coef[C_FIELD_P];                                                     \
+        const T *restrict lea = coef[C_LOG_EA];                                                     \
+        const T *restrict es = coef[C_SOFT_FIELD];                                                  \
+        const T *restrict al = coef[C_ALPHA];                                                       \
+        const T *restrict it0 = coef[C_INV_TAU0];                                                   \
+        const T *restrict ps = coef[C_PS];                                                          \
+        const T *restrict ar = coef[C_AREA];                                                        \
+        const T *restrict i0a = coef[C_LEAK_I0A];                                                   \
+        const T *restrict ivt = coef[C_INV_VT];                                                     \
+        const T *restrict idsc = coef[C_I_DSC];                                                     \
+        const T *restrict gain = coef[C_GAIN];                                                      \
+        const T *restrict ic = coef[C_INV_C];                                                       \
+        const T *restrict thr = coef[C_THRESHOLD];                                                  \
+        const T *restrict rv = coef[C_RESET_V];                                                     \
+        const T one = (T)1, zero = (T)0, vclip = (T)V_CLIP;                                         \
+        for (int64_t k = 0; k < steps; ++k) {                                                       \
+            const T *restrict ik = current + k * i_stride;                                          \
+            if (mode == 0) {                                                                        \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t i = lo; i < hi; ++i) {                                                 \
+                    const T vi = v[i], pi = p[i];                                                   \
+                    const T e = fv[i] * vi - fp[i] * pi;                                            \
+                    const T rate = EXP(-EXP(al[i] * (lea[i] - LOG(FABS(e) + es[i])))) * it0[i];    \
+                    const T se = (e > zero) ? one : ((e < zero) ? -one : zero);                     \
+                    const T sv = (vi > zero) ? one : ((vi < zero) ? -one : zero);                   \
+                    const T dpol = (se * ps[i] - pi) * rate;                                        \
+                    const T leak = sv * (i0a[i] * (EXP(vi * ivt[i]) - one) + idsc[i]);              \
+                    const T dv = (gain[i] * ik[i] - leak - ar[i] * dpol) * ic[i];                   \
+                    const T vn = FMIN(FMAX(vi + dt * dv, -vclip), vclip);                           \
+                    const T pn = FMIN(FMAX(pi + dt * dpol, -ps[i]), ps[i]);                         \
+                    const int h = held[i] != 0;                                                     \
+                    const T vo = h ? vi : vn;                                                       \
+                    v[i] = vo;                                                                      \
+                    p[i] = h ? pi : pn;                                                             \
+                    held[i] = (uint8_t)(h | (vo > thr[i]));                                         \
+                }                                                                                   \
+            } else {                                                                                \
+                uint8_t *restrict fk = fired + k * n;                                               \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t i = lo; i < hi; ++i) {                                                 \
+                    const T vi = v[i], pi = p[i];                                                   \
+                    const T e = fv[i] * vi - fp[i] * pi;                                            \
+                    const T rate = EXP(-EXP(al[i] * (lea[i] - LOG(FABS(e) + es[i])))) * it0[i];    \
+                    const T se = (e > zero) ? one : ((e < zero) ? -one : zero);                     \
+                    const T sv = (vi > zero) ? one : ((vi < zero) ? -one : zero);                   \
+                    const T dpol = (se * ps[i] - pi) * rate;                                        \
+                    const T leak = sv * (i0a[i] * (EXP(vi * ivt[i]) - one) + idsc[i]);              \
+                    const T dv = (gain[i] * ik[i] - leak - ar[i] * dpol) * ic[i];                   \
+                    const T vn = FMIN(FMAX(vi + dt * dv, -vclip), vclip);                           \
+                    const T pn = FMIN(FMAX(pi + dt * dpol, -ps[i]), ps[i]);                         \
+                    const int f = vn > thr[i];                                                      \
+                    fk[i] = (uint8_t)f;                                                             \
+                    v[i] = f ? rv[i] : vn;                                                          \
+                    p[i] = f ? -ps[i] : pn;                                                         \
+                }                                                                                   \
+                if (v_rec && (k + 1) % record_every == 0) {                                         \
+                    const int64_t row = (k + 1) / record_every;                                     \
+                    for (int64_t i = lo; i < hi; ++i) {                                             \
+                        v_rec[row * n + i] = v[i];                                                  \
+                        p_rec[row * n + i] = p[i];                                                  \
+                    }                                                                               \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+    }                                                                                               \
+                                                                                                    \
+    int bruno_felif_run_##SUFFIX(int64_t n, int64_t steps, double dt, T *v, T *p,                  \
+                                 const T *current, int64_t i_stride, const T *const *coef,         \
+                                 int mode, uint8_t *held, uint8_t *fired, T *v_rec, T *p_rec,      \
+                                 int64_t record_every, int64_t block, int nthreads) {               \
+        if (n <= 0 || steps < 0) return 0;                                                          \
+        if (block <= 0) block = n;                                                                  \
+        if (record_every <= 0) record_every = 1;                                                    \
+        const int64_t nblocks = (n + block - 1) / block;                                            \
+        int nt = nthreads > 0 ? nthreads : 1;                                                       \
+        if (nt > nblocks) nt = (int)nblocks;                                                        \
+        (void)nt;                                                                                   \
+        _Pragma("omp parallel for schedule(dynamic, 1) num_threads(nt) if(nt > 1)")                   \
+        for (int64_t b = 0; b < nblocks; ++b) {                                                     \
+            const int64_t lo = b * block;                                                           \
+            const int64_t hi = lo + block < n ? lo + block : n;                                     \
+            block_##SUFFIX(lo, hi, n, steps, (T)dt, v, p, current, i_stride, coef, mode, held,     \
+                           fired, v_rec, p_rec, record_every);                                      \
+        }                                                                                           \
+        return 0;                                                                                   \
+    }
+
+DEFINE_KERNEL(float, f32, BRUNO_EXPF, BRUNO_LOGF, fabsf, fminf, fmaxf)
+DEFINE_KERNEL(double, f64, exp, log, fabs, fmin, fmax)

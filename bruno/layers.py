@@ -1,0 +1,362 @@
+"""Spiking layers: FeLIF (the paper's device neuron, trained by a named algorithm), LIF and RLIF.
+
+Contract shared by all layers: ``forward(x)`` takes the time-major drive ``x`` of shape
+``[T, B, N]`` (one step per coarse step / frame) and returns spikes ``[T, B, N]`` as float 0/1
+with a surrogate gradient (:mod:`bruno.surrogate`). ``forward(x, state=..., return_state=True)``
+continues from / returns the state; ``record_state = True`` keeps the last traces for inspection.
+Everything is plain torch apart from the FeLIF fine path, so the layers run unchanged on CUDA
+(where the fine path is the torch reference loop: the fused kernel is CPU code).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from bruno import algorithms, native, presets
+from bruno.felif import FeLIFParameters, FeLIFState, initial_state
+from bruno.lif import LIFParameters, LIFState, lif_step
+from bruno.surrogate import FELIF_SLOPE_PER_VOLT, LIF_SLOPE, spike
+from bruno.synapses import SynapticLinear
+
+
+def _check_drive(x: torch.Tensor, size: int, reference: torch.Tensor, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 3 or x.shape[-1] != size:
+        raise ValueError(
+            f"{name}: input must have shape [T, B, {size}] (time-major), got {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: input must be floating point, got {x.dtype}")
+    if x.device != reference.device:
+        raise ValueError(
+            f"{name}: input is on {x.device} but the layer is on {reference.device}; move one"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: input contains NaN or Inf")
+
+
+def _draw_factors(count: int, size: int, sigma: float, seed: int) -> torch.Tensor:
+    """Per-neuron factors 1 + sigma N(0,1), floored at 0.05 (never reached for sigma ~ 0.1)."""
+    generator = torch.Generator().manual_seed(int(seed))
+    z = torch.randn((count, size), generator=generator, dtype=torch.float64)
+    return (1.0 + sigma * z).clamp_min(0.05)
+
+
+class FeLIFLayer(nn.Module):
+    """A layer of ``size`` FeLIF neurons driven by ``current_scale * x`` amperes.
+
+    ``parameters=None`` means the SPEC/paper defaults (``FeLIFParameters()``); for the calibrated
+    device pass ``bruno.presets.load_felif_parameters()`` (calibration/presets/felif.json).
+    ``algorithm`` is one of :func:`bruno.algorithms.names`; ``coarse_gradient`` selects BRUNO's
+    coarse Jacobian ("implicit" default, or "euler"; see :mod:`bruno.algorithms`).
+    Device-to-device variability: each field in ``variability_fields`` is drawn per neuron as
+    ``mu * (1 + variability_sigma * N(0, 1))`` from ``seed``; :meth:`resample_variability` redraws.
+    ``fine_backend="reference"`` forces the torch fine path (bit-identical to ``bptt`` values).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        parameters: FeLIFParameters | None = None,
+        algorithm: str = "bruno",
+        fine_steps: int = 1000,
+        coarse_dt: float = 1e-3,
+        variability_sigma: float = 0.0,
+        seed: int = 0,
+        current_scale: float = 1e-9,
+        *,
+        variability_fields: tuple[str, ...] = presets.DEFAULT_VARIABILITY_FIELDS,
+        surrogate_slope: float = FELIF_SLOPE_PER_VOLT,
+        fine_backend: str = "auto",
+        coarse_gradient: str = "implicit",
+        record_state: bool = False,
+    ) -> None:
+        super().__init__()
+        if coarse_gradient not in algorithms.COARSE_GRADIENTS:
+            raise ValueError(
+                f"coarse_gradient must be one of {algorithms.COARSE_GRADIENTS}, "
+                f"got {coarse_gradient!r}"
+            )
+        if int(size) != size or size < 1:
+            raise ValueError(f"size must be a positive integer, got {size}")
+        if int(fine_steps) != fine_steps or fine_steps < 1:
+            raise ValueError(f"fine_steps must be a positive integer, got {fine_steps}")
+        for name, value in (("coarse_dt", coarse_dt), ("current_scale", current_scale)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if not (math.isfinite(variability_sigma) and variability_sigma >= 0):
+            raise ValueError(f"variability_sigma must be finite and >= 0, got {variability_sigma}")
+        if fine_backend not in ("auto", "reference"):
+            raise ValueError(f"fine_backend must be 'auto' or 'reference', got {fine_backend!r}")
+        algorithms.get(algorithm)  # validates the name
+        parameters = FeLIFParameters() if parameters is None else parameters
+        if not isinstance(parameters, FeLIFParameters):
+            raise TypeError("parameters must be a bruno.felif.FeLIFParameters (or None)")
+        presets.validate_felif_parameters(parameters)
+        unknown = set(variability_fields) - set(parameters.field_names())
+        if unknown:
+            raise ValueError(f"unknown variability field(s) {sorted(unknown)}")
+        self.size = int(size)
+        self.algorithm = algorithm
+        self.fine_steps = int(fine_steps)
+        self.coarse_dt = float(coarse_dt)
+        self.current_scale = float(current_scale)
+        self.variability_sigma = float(variability_sigma)
+        self.variability_fields = tuple(variability_fields)
+        self.surrogate_slope = float(surrogate_slope)
+        self.fine_backend = fine_backend
+        self.coarse_gradient = coarse_gradient
+        self.record_state = record_state
+        self.seed = int(seed)
+        self.base_parameters = parameters
+        # Per-neuron base values of every field (tensor-valued fields must broadcast to [size]).
+        base = torch.stack(
+            [
+                torch.broadcast_to(
+                    torch.as_tensor(getattr(parameters, f), dtype=torch.float64), (self.size,)
+                )
+                for f in parameters.field_names()
+            ]
+        )
+        self._base_values = (
+            base  # float64 CPU master copy (not a buffer: .float() must not round it)
+        )
+        self._base_cache: dict = {}
+        self.register_buffer(
+            "variability_factors", torch.ones(len(self.variability_fields), self.size)
+        )
+        self._version = 0
+        self._coefficient_cache: dict = {}
+        self.last_v: torch.Tensor | None = None
+        self.last_polarization: torch.Tensor | None = None
+        self.resample_variability(self.seed)
+
+    def extra_repr(self) -> str:
+        return (
+            f"size={self.size}, algorithm={self.algorithm!r}, fine_steps={self.fine_steps}, "
+            f"coarse_dt={self.coarse_dt}, variability_sigma={self.variability_sigma}"
+        )
+
+    def resample_variability(self, seed: int | None = None) -> None:
+        """Draw new per-neuron device parameters (seed None: the next seed after the last draw)."""
+        self.seed = self.seed + 1 if seed is None else int(seed)
+        factors = _draw_factors(
+            len(self.variability_fields), self.size, self.variability_sigma, self.seed
+        )
+        if self.variability_sigma == 0:
+            factors = torch.ones_like(factors)
+        self.variability_factors.copy_(factors.to(self.variability_factors))
+        self._version += 1
+        self._coefficient_cache.clear()
+
+    def neuron_parameters(self, dtype: torch.dtype = torch.float32, device=None) -> FeLIFParameters:
+        """FeLIFParameters whose fields are per-neuron tensors of shape [size]."""
+        device = self.variability_factors.device if device is None else device
+        key = (str(device), dtype)
+        if key not in self._base_cache:
+            self._base_cache[key] = self._base_values.to(device=device, dtype=dtype)
+        base = self._base_cache[key]
+        names = self.base_parameters.field_names()
+        values = {name: base[i] for i, name in enumerate(names)}
+        factors = self.variability_factors.to(device=device, dtype=dtype)
+        for j, name in enumerate(self.variability_fields):
+            values[name] = values[name] * factors[j]
+        return FeLIFParameters(**values)
+
+    def initial_state(self, batch: int, dtype: torch.dtype = torch.float32) -> FeLIFState:
+        p = self.neuron_parameters(dtype)
+        return initial_state(
+            (batch, self.size), p, device=self.variability_factors.device, dtype=dtype
+        )
+
+    def _coefficients(
+        self, p: FeLIFParameters, batch: int, dtype: torch.dtype, device
+    ) -> torch.Tensor | None:
+        if device.type != "cpu" or self.algorithm != "bruno" or self.fine_backend != "auto":
+            return None
+        key = (batch, dtype, self._version)
+        if key not in self._coefficient_cache:
+            self._coefficient_cache.clear()
+            self._coefficient_cache[key] = native.pack_coefficients(p, (batch, self.size), dtype)
+        return self._coefficient_cache[key]
+
+    def forward(self, x: torch.Tensor, state: FeLIFState | None = None, return_state: bool = False):
+        _check_drive(x, self.size, self.variability_factors, "FeLIFLayer")
+        if x.dtype not in (torch.float32, torch.float64):
+            raise TypeError(
+                f"FeLIFLayer: input must be float32 or float64, got {x.dtype} (the device "
+                "equations span 1e-15..1e13 and overflow in half precision)"
+            )
+        steps, batch = x.shape[0], x.shape[1]
+        dtype, device = x.dtype, x.device
+        p = self.neuron_parameters(dtype, device)
+        if state is None:
+            state = initial_state((batch, self.size), p, device=device, dtype=dtype)
+        elif state.v.shape != (batch, self.size) or state.polarization.shape != (batch, self.size):
+            raise ValueError(
+                f"state must have shape [{batch}, {self.size}], got {tuple(state.v.shape)}"
+            )
+        step = algorithms.get(self.algorithm)
+        ctx = algorithms.CoarseStepContext(
+            self.fine_steps,
+            self.coarse_dt,
+            self.fine_backend,
+            self._coefficients(p, batch, dtype, device),
+            self.coarse_gradient,
+        )
+        threshold = p.threshold_voltage
+        reset_v = p.reset_voltage.expand(batch, self.size)
+        minus_ps = (-p.saturation_polarization).expand(batch, self.size)
+        spikes, vs, pols = [], [], []
+        for k in range(steps):
+            new = step(state, self.current_scale * x[k], p, ctx)
+            s = spike(new.v - threshold, self.surrogate_slope)
+            spikes.append(s)
+            if self.record_state:
+                vs.append(new.v.detach())
+                pols.append(new.polarization.detach())
+            fired = s.detach() > 0  # reset at the next coarse step, detached from the graph
+            state = FeLIFState(
+                torch.where(fired, reset_v, new.v), torch.where(fired, minus_ps, new.polarization)
+            )
+        if self.record_state:
+            self.last_v = torch.stack(vs) if vs else None
+            self.last_polarization = torch.stack(pols) if pols else None
+        out = torch.stack(spikes) if spikes else x.new_zeros(x.shape)
+        return (out, state) if return_state else out
+
+
+class LIFLayer(nn.Module):
+    """Current-based LIF neurons (see :mod:`bruno.lif`), one step of ``dt`` per input frame.
+
+    Optional per-neuron variability of ``tau_mem``, ``tau_syn`` and ``threshold``
+    (``mu * (1 + variability_sigma * N(0,1))``, seeded, :meth:`resample_variability`).
+    """
+
+    recurrent = False
+
+    def __init__(
+        self,
+        size: int,
+        tau_mem: float = 20e-3,
+        tau_syn: float = 5e-3,
+        dt: float = 1e-3,
+        threshold: float = 1.0,
+        reset: str = "zero",
+        surrogate_slope: float = LIF_SLOPE,
+        variability_sigma: float = 0.0,
+        seed: int = 0,
+        record_state: bool = False,
+    ) -> None:
+        super().__init__()
+        if int(size) != size or size < 1:
+            raise ValueError(f"size must be a positive integer, got {size}")
+        self.size = int(size)
+        self.parameters_ = LIFParameters(tau_mem, tau_syn, threshold, dt, reset)
+        self.parameters_.validate()
+        self.surrogate_slope = float(surrogate_slope)
+        self.variability_sigma = float(variability_sigma)
+        if not (math.isfinite(self.variability_sigma) and self.variability_sigma >= 0):
+            raise ValueError(f"variability_sigma must be finite and >= 0, got {variability_sigma}")
+        self.record_state = record_state
+        self.seed = int(seed)
+        self.register_buffer("variability_factors", torch.ones(3, self.size))
+        self.last_v: torch.Tensor | None = None
+        self.resample_variability(self.seed)
+
+    def resample_variability(self, seed: int | None = None) -> None:
+        self.seed = self.seed + 1 if seed is None else int(seed)
+        if self.variability_sigma == 0:
+            self.variability_factors.fill_(1.0)
+            return
+        factors = _draw_factors(3, self.size, self.variability_sigma, self.seed)
+        self.variability_factors.copy_(factors.to(self.variability_factors))
+
+    def neuron_parameters(self, dtype=torch.float32, device=None) -> LIFParameters:
+        f = self.variability_factors.to(dtype=dtype, device=device)
+        p = self.parameters_
+        return LIFParameters(p.tau_mem * f[0], p.tau_syn * f[1], p.threshold * f[2], p.dt, p.reset)
+
+    def extra_repr(self) -> str:
+        p = self.parameters_
+        return (
+            f"size={self.size}, tau_mem={p.tau_mem}, tau_syn={p.tau_syn}, dt={p.dt}, "
+            f"threshold={p.threshold}"
+        )
+
+    def _recurrent_input(self, previous_spikes: torch.Tensor) -> torch.Tensor | float:
+        return 0.0
+
+    def forward(self, x: torch.Tensor, state: LIFState | None = None, return_state: bool = False):
+        _check_drive(x, self.size, self.variability_factors, type(self).__name__)
+        steps, batch = x.shape[0], x.shape[1]
+        p = self.neuron_parameters(x.dtype, x.device)
+        if state is None:
+            zeros = x.new_zeros(batch, self.size)
+            state = LIFState(zeros, zeros, zeros)
+        elif any(t.shape != (batch, self.size) for t in state):
+            raise ValueError(f"state tensors must have shape [{batch}, {self.size}]")
+        spikes, vs = [], []
+        for k in range(steps):
+            drive = x[k] + self._recurrent_input(state.spikes) if self.recurrent else x[k]
+            state = lif_step(state, drive, p, self.surrogate_slope)
+            spikes.append(state.spikes)
+            if self.record_state:
+                vs.append(state.v.detach())
+        if self.record_state:
+            self.last_v = torch.stack(vs) if vs else None
+        out = torch.stack(spikes) if spikes else x.new_zeros(x.shape)
+        return (out, state) if return_state else out
+
+
+class RLIFLayer(LIFLayer):
+    """LIF with recurrent weights inside: drive_t = x_t + W_rec s_{t-1}.
+
+    The recurrent synapses are a :class:`bruno.synapses.SynapticLinear` (``recurrent_precision``
+    "fp", "8bit", "4bit", "3bit" or "rram"), so they can be quantised like the feed-forward ones.
+    """
+
+    recurrent = True
+
+    def __init__(
+        self,
+        size: int,
+        tau_mem: float = 20e-3,
+        tau_syn: float = 5e-3,
+        dt: float = 1e-3,
+        threshold: float = 1.0,
+        reset: str = "zero",
+        surrogate_slope: float = LIF_SLOPE,
+        variability_sigma: float = 0.0,
+        seed: int = 0,
+        record_state: bool = False,
+        recurrent_precision: str = "fp",
+        rram_preset: presets.RRAMPreset | None = None,
+    ) -> None:
+        super().__init__(
+            size,
+            tau_mem,
+            tau_syn,
+            dt,
+            threshold,
+            reset,
+            surrogate_slope,
+            variability_sigma,
+            seed,
+            record_state,
+        )
+        self.recurrent_weights = SynapticLinear(
+            size,
+            size,
+            precision=recurrent_precision,
+            rram_preset=rram_preset,
+            seed=seed,
+            bias=False,
+        )
+
+    def _recurrent_input(self, previous_spikes: torch.Tensor) -> torch.Tensor:
+        return self.recurrent_weights(previous_spikes)

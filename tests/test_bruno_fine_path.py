@@ -1,0 +1,190 @@
+"""The fused FeLIF fine path (bruno.native) against the reference step bruno.felif.euler_step."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from bruno import felif, fine_path, native
+from bruno.felif import FeLIFParameters, FeLIFState
+
+IN_CI = os.environ.get("CI", "").strip().lower() == "true"
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    k = native.load()
+    if k is None:
+        if IN_CI:
+            pytest.fail(
+                "the native kernel must build in CI (make setup runs python -m bruno.native build)"
+            )
+        pytest.skip("native kernel unavailable (no C compiler?)")
+    return k
+
+
+def _varied_parameters(n: int, seed: int = 3) -> FeLIFParameters:
+    g = torch.Generator().manual_seed(seed)
+    base = FeLIFParameters()
+
+    def draw(value):
+        return value * (1 + 0.1 * torch.randn(n, generator=g, dtype=torch.float64))
+
+    return FeLIFParameters(
+        area=draw(base.area),
+        activation_field=draw(base.activation_field),
+        saturation_polarization=draw(base.saturation_polarization),
+        leak_current_density=draw(base.leak_current_density),
+        ferroelectric_thickness=draw(base.ferroelectric_thickness),
+        interlayer_thickness=draw(base.interlayer_thickness),
+        input_gain=draw(1.0),
+    )
+
+
+def test_single_step_is_euler_step(kernel):
+    """One kernel step equals euler_step (float64, per-neuron parameters), including clamps."""
+    n = 257
+    p = _varied_parameters(n)
+    g = torch.Generator().manual_seed(1)
+    state = fine_path.random_state((n,), p, g, torch.float64)
+    state = FeLIFState(state.v * 1.3, state.polarization)  # some beyond threshold / near clips
+    current = torch.rand(n, generator=g, dtype=torch.float64) * 5e-9 - 1e-9
+    for dt in (1e-6, 1e-5, 1e-3):
+        expected = felif.euler_step(state, current, p, dt)
+        got, _ = fine_path.integrate(state, current, p, dt, 1, kernel=kernel)
+        torch.testing.assert_close(got.v, expected.v, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got.polarization, expected.polarization, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype, atol_v", [(torch.float64, 1e-9), (torch.float32, 2e-3)])
+def test_fused_matches_reference_loop(kernel, dtype, atol_v):
+    n, steps = 300, 400
+    p = _varied_parameters(n)
+    g = torch.Generator().manual_seed(2)
+    state = fine_path.random_state((n,), p, g, dtype)
+    current = (torch.rand(n, generator=g, dtype=torch.float64) * 2e-9).to(dtype)
+    held0 = torch.rand(n, generator=g) < 0.1
+    ref, ref_held = fine_path.integrate_reference(state, current, p, 1e-6, steps, held0)
+    got, got_held = fine_path.integrate(state, current, p, 1e-6, steps, held0, kernel=kernel)
+    assert torch.equal(ref_held, got_held)
+    assert ref_held.any() and not ref_held.all()
+    torch.testing.assert_close(got.v, ref.v, rtol=0, atol=atol_v)
+    torch.testing.assert_close(got.polarization, ref.polarization, rtol=0, atol=atol_v * 0.1)
+    # held neurons did not move
+    assert torch.equal(got.v[held0], state.v[held0])
+
+
+def test_batched_shape_and_broadcast_parameters(kernel):
+    p = _varied_parameters(8)  # per-neuron [N] parameters, state [B, N]
+    state = felif.initial_state((4, 8), p, dtype=torch.float32)
+    current = torch.full((4, 8), 1e-9)
+    ref, _ = fine_path.integrate_reference(state, current, p, 1e-6, 300)
+    got, _ = fine_path.integrate(state, current, p, 1e-6, 300, kernel=kernel)
+    assert got.v.shape == (4, 8)
+    torch.testing.assert_close(got.v, ref.v, rtol=0, atol=1e-3)
+
+
+def _loop_simulate(monkeypatch, *args):
+    monkeypatch.setattr(native, "load", lambda *a, **k: None)
+    try:
+        return felif.simulate(*args)
+    finally:
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("record_every", [1, 7])
+def test_simulate_fast_path_matches_loop(kernel, monkeypatch, record_every):
+    """felif.simulate uses the kernel (reset at the crossing step) and agrees with its own loop."""
+    steps = 8000
+    current = (
+        torch.linspace(1.5e-9, 5e-9, 6, dtype=torch.float64)
+        .reshape(2, 3)
+        .expand(steps, 2, 3)
+        .contiguous()
+    )
+    p = FeLIFParameters()
+    fast = felif.simulate(current, p, 1e-6, record_every)
+    slow = _loop_simulate(monkeypatch, current, p, 1e-6, record_every)
+    assert torch.equal(fast.time, slow.time)
+    assert fast.v.shape == slow.v.shape == (1 + steps // record_every, 2, 3)
+    assert fast.spike_times == slow.spike_times
+    assert sum(len(s) for s in fast.spike_times) > 5
+    torch.testing.assert_close(fast.v, slow.v, rtol=0, atol=1e-9)
+    torch.testing.assert_close(fast.polarization, slow.polarization, rtol=0, atol=1e-10)
+
+
+def test_simulate_sanity_numbers_and_speed(kernel):
+    """SPEC §3: 308 pA -> first spike ~41.8 ms, ISI ~44.5 ms; 1 nA -> ~12.6 ms. And it is fast."""
+    steps = 100_000
+    current = torch.tensor([308e-12, 1e-9], dtype=torch.float32).expand(steps, 2).contiguous()
+    trace = felif.simulate(current, FeLIFParameters(), 1e-6)
+    s308, s1n = trace.spike_times
+    assert s308[0] == pytest.approx(41.8e-3, rel=0.01)
+    assert s308[1] - s308[0] == pytest.approx(44.5e-3, rel=0.01)
+    assert s1n[0] == pytest.approx(12.6e-3, rel=0.01)
+    wide = torch.linspace(1e-10, 2e-9, 20).expand(steps, 20).contiguous()
+    start = time.perf_counter()
+    felif.simulate(wide, FeLIFParameters(), 1e-6, record_every=1)
+    assert time.perf_counter() - start < 2.0  # ~0.05 s here; generous for a shared CI machine
+
+
+def test_simulate_rejects_bad_input():
+    with pytest.raises(ValueError, match="NaN"):
+        felif.simulate(torch.tensor([[float("nan")]]), FeLIFParameters())
+    with pytest.raises(ValueError, match="record_every"):
+        felif.simulate(torch.zeros(3, 1), FeLIFParameters(), record_every=0)
+
+
+def test_integrate_rejects_bad_input():
+    state = felif.initial_state((3,), FeLIFParameters())
+    with pytest.raises(ValueError, match="dt"):
+        fine_path.integrate(state, torch.zeros(3), FeLIFParameters(), 0.0, 10)
+    with pytest.raises(ValueError, match="steps"):
+        fine_path.integrate(state, torch.zeros(3), FeLIFParameters(), 1e-6, -1)
+    with pytest.raises(ValueError, match="held"):
+        fine_path.integrate(
+            state, torch.zeros(3), FeLIFParameters(), 1e-6, 1, torch.zeros(4, dtype=torch.bool)
+        )
+    with pytest.raises(ValueError, match="current is on"):
+        fine_path.integrate(state, torch.zeros(3, device="meta"), FeLIFParameters(), 1e-6, 1)
+
+
+def test_throughput_helper(kernel):
+    row = fine_path.compare_throughput([64], steps=50, repeats=1)[0]
+    assert row["fused_neuron_steps_per_s"] > 0 and row["torch_loop_neuron_steps_per_s"] > 0
+    with pytest.raises(ValueError, match="backend"):
+        fine_path.throughput(8, backend="numba")
+
+
+def test_build_is_idempotent(kernel):
+    first = native.build(verbose=False)
+    start = time.perf_counter()
+    second = native.build(verbose=False)
+    assert first == second and second.exists()
+    assert time.perf_counter() - start < 1.0
+
+
+def test_loading_the_kernel_keeps_denormals(kernel):
+    """A -ffast-math library must not switch the process to flush-to-zero (crtfastmath.o)."""
+    assert float(torch.tensor(1e-39, dtype=torch.float32) * 1.0) != 0.0
+
+
+def test_portable_fallback_builds(kernel, tmp_path, monkeypatch):
+    """The baseline-ISA flag set (no -march/-mavx2) compiles and passes the self-test."""
+    monkeypatch.setenv("BRUNO_NATIVE_DIR", str(tmp_path))
+    library = native.build(verbose=False, variants=("generic",))
+    assert library is not None and library.parent == tmp_path and "generic" in library.name
+
+
+def test_without_kernel_the_reference_path_is_used(monkeypatch):
+    """No compiler / BRUNO_NATIVE=0: integrate falls back to the torch loop, same result."""
+    monkeypatch.setattr(native, "load", lambda *a, **k: None)
+    p = FeLIFParameters()
+    state = felif.initial_state((5,), p, dtype=torch.float64)
+    current = torch.full((5,), 1e-9, dtype=torch.float64)
+    got, _ = fine_path.integrate(state, current, p, 1e-6, 50)
+    ref, _ = fine_path.integrate_reference(state, current, p, 1e-6, 50)
+    assert torch.equal(got.v, ref.v)
