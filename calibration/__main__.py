@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         except ModuleNotFoundError as error:
             if error.name != f"calibration.{device}":
                 raise
-            print(f"calibration: stage '{args.stage}' for {device} is not built yet", file=sys.stderr)
+            message = f"calibration: stage '{args.stage}' for {device} is not built yet"
+            print(message, file=sys.stderr)
             failed.append(device)
             continue
         stage = getattr(module, args.stage)

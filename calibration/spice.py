@@ -335,39 +335,50 @@ def run_many(
     """Call a picklable ``function`` on each argument in recycled worker processes.
 
     Returns the results in order (``None`` where a run failed) and the failures, each with its
-    reason, so a sweep that loses samples says so instead of dropping them. A crashed worker
-    process costs only the runs it held; they are retried once in a fresh pool.
+    reason, so a sweep that loses samples says so instead of dropping them.
+
+    Recycling: the runs go in chunks of ``workers * runs_per_worker``, each chunk in a fresh pool
+    (ngspice leaks memory per run in shared mode). ``max_tasks_per_child`` is not used: on
+    Python 3.11 a pool whose workers retire can deadlock instead of starting replacements.
+    A crashed worker breaks its whole pool, so every run of that pool without a result is run
+    again alone in a pool of its own: only a run that crashes by itself is reported as a crash.
     """
+    from tqdm.auto import tqdm
+
     arguments = list(arguments)
     workers = workers or max(1, min(len(arguments), os.cpu_count() or 1))
     results: list[Any] = [None] * len(arguments)
     failures: dict[int, RunFailure] = {}
-    pending = list(range(len(arguments)))
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(arguments), desc=progress, disable=progress is None, leave=False)
-    for attempt in range(2):
-        crashed: list[int] = []
-        with concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers, max_tasks_per_child=runs_per_worker
-        ) as pool:
-            futures = {pool.submit(function, arguments[i]): i for i in pending}
+
+    def run_pool(indices: list[int], pool_workers: int) -> list[int]:
+        """Run ``indices`` in one fresh pool; return those lost to a broken pool."""
+        broken: list[int] = []
+        with concurrent.futures.ProcessPoolExecutor(max_workers=pool_workers) as pool:
+            futures = {pool.submit(function, arguments[i]): i for i in indices}
             for future in concurrent.futures.as_completed(futures):
                 index = futures[future]
                 try:
                     results[index] = future.result()
-                    failures.pop(index, None)
-                    bar.update()
                 except concurrent.futures.process.BrokenProcessPool as error:
-                    crashed.append(index)
-                    failures[index] = RunFailure(index, arguments[index], f"worker crashed: {error}")
+                    broken.append(index)
+                    reason = f"worker crashed: {error}"
+                    failures[index] = RunFailure(index, arguments[index], reason)
+                    continue
                 except Exception as error:  # noqa: BLE001 - reported per run
                     failures[index] = RunFailure(
                         index, arguments[index], f"{type(error).__name__}: {error}"
                     )
-                    bar.update()
-        if not crashed:
-            break
-        pending = sorted(crashed)
+                bar.update()
+        return broken
+
+    chunk = max(1, workers * runs_per_worker)
+    for start in range(0, len(arguments), chunk):
+        indices = list(range(start, min(start + chunk, len(arguments))))
+        for index in sorted(run_pool(indices, min(workers, len(indices)))):
+            if not run_pool([index], 1):
+                failures.pop(index, None)
+            else:
+                bar.update()
     bar.close()
     return results, [failures[i] for i in sorted(failures)]

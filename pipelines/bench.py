@@ -16,7 +16,7 @@ not run; its memory and time are extrapolated from that fit and marked ``"extrap
 Fine-path throughput (neuron-fine-steps per second) compares the fused kernel with a plain per-step
 PyTorch loop of the same equations, side by side in one process, and with an estimate of this
 machine's limit: the measured rate of vectorised ``exp`` over a large float32 array divided by the
-four transcendental evaluations one FeLIF fine step needs (two ``exp`` and one ``pow`` = ``exp(log)``).
+four transcendental evaluations one FeLIF fine step needs (two ``exp``, one ``pow`` = exp(log)).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ INPUT_FEATURES = 512
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-    """One measurement: a method on a network of ``hidden`` FeLIF neurons over ``steps`` coarse steps."""
+    """One measurement: a method on ``hidden`` FeLIF neurons over ``steps`` coarse steps."""
 
     method: str
     hidden: int
