@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--hidden", nargs="+", type=int, default=[64, 128, 256])
-    parser.add_argument("--steps", nargs="+", type=int, default=[5, 10, 20, 50])
+    parser.add_argument("--steps", nargs="+", type=int, default=[4, 8, 16, 32])
     parser.add_argument("--fine-steps", nargs="+", type=int, default=[1000])
     parser.add_argument(
         "--scaling-n",

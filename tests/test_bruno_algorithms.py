@@ -198,6 +198,29 @@ def test_bruno_keeps_only_per_coarse_step_graph():
     assert saved_count("bptt", 200) > 10 * saved_count("bptt", 10) / 2
 
 
+def test_checkpoint_forward_graph_does_not_grow_with_fine_steps():
+    """Checkpointing keeps one autograd node per coarse step, not one per fine-step operation.
+
+    For small layers the per-node overhead, not tensor data, dominates BPTT's memory, so a
+    checkpoint that kept the nodes (non-reentrant) measured no memory saving at all.
+    """
+
+    def graph_nodes(algorithm, fine_steps):
+        x = torch.rand(4, 2, N, requires_grad=True)
+        layer = FeLIFLayer(N, FeLIFParameters(), algorithm=algorithm, fine_steps=fine_steps)
+        seen, stack = set(), [layer(x).sum().grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+        return len(seen)
+
+    assert graph_nodes("checkpoint", 10) == graph_nodes("checkpoint", 100)
+    assert graph_nodes("bptt", 100) > 5 * graph_nodes("bptt", 10)
+
+
 def test_coarse_algorithm_runs_and_differs():
     spikes, v, _, _ = _run("coarse")
     assert spikes.shape == (T, B, N)
