@@ -191,7 +191,7 @@ class FeLIFLayer(nn.Module):
                 f"FeLIFLayer: input must be float32 or float64, got {x.dtype} (the device "
                 "equations span 1e-15..1e13 and overflow in half precision)"
             )
-        steps, batch = x.shape[0], x.shape[1]
+        batch = x.shape[1]
         dtype, device = x.dtype, x.device
         p = self.neuron_parameters(dtype, device)
         if state is None:
@@ -212,8 +212,9 @@ class FeLIFLayer(nn.Module):
         reset_v = p.reset_voltage.expand(batch, self.size)
         minus_ps = (-p.saturation_polarization).expand(batch, self.size)
         spikes, vs, pols = [], [], []
-        for k in range(steps):
-            new = step(state, self.current_scale * x[k], p, ctx)
+        # unbind, not x[k]: indexing makes each step's backward zero-fill a full [T, B, N] tensor
+        for frame in x.unbind(0):
+            new = step(state, self.current_scale * frame, p, ctx)
             s = spike(new.v - threshold, self.surrogate_slope)
             spikes.append(s)
             if self.record_state:
@@ -293,7 +294,7 @@ class LIFLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, state: LIFState | None = None, return_state: bool = False):
         _check_drive(x, self.size, self.variability_factors, type(self).__name__)
-        steps, batch = x.shape[0], x.shape[1]
+        batch = x.shape[1]
         p = self.neuron_parameters(x.dtype, x.device)
         if state is None:
             zeros = x.new_zeros(batch, self.size)
@@ -301,8 +302,8 @@ class LIFLayer(nn.Module):
         elif any(t.shape != (batch, self.size) for t in state):
             raise ValueError(f"state tensors must have shape [{batch}, {self.size}]")
         spikes, vs = [], []
-        for k in range(steps):
-            drive = x[k] + self._recurrent_input(state.spikes) if self.recurrent else x[k]
+        for frame in x.unbind(0):  # see FeLIFLayer.forward
+            drive = frame + self._recurrent_input(state.spikes) if self.recurrent else frame
             state = lif_step(state, drive, p, self.surrogate_slope)
             spikes.append(state.spikes)
             if self.record_state:

@@ -1,6 +1,7 @@
 """`python -m pipelines {train,bench,report} [args...]`: dispatches to the stage's module.
 
-``pipelines.train``, ``pipelines.bench`` and ``pipelines.report`` each provide ``main(argv) -> int``.
+``pipelines.train``, ``pipelines.bench`` and ``pipelines.report`` each provide
+``main(argv) -> int``.
 """
 
 from __future__ import annotations

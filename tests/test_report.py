@@ -1,0 +1,93 @@
+"""`python -m pipelines report` on synthetic run directories: grouping, mean ± std, files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipelines import config as cfg
+from pipelines import report
+
+
+def _run(root: Path, name: str, seed: int, task: str, group: str, metrics: dict, **model):
+    raw = {"task": task, "group": group, "seeds": [seed], "model": model}
+    if task == "braille":
+        raw["model"].setdefault("output_neuron", "felif")
+        raw["model"].setdefault("neuron", "lif")
+    config = cfg.resolve(raw, name=name)
+    run = root / f"{name}_s{seed}"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(config))
+    base = {"seed": seed, "train_time_s": 4.0, "epochs_run": 2, "peak_rss_mb": 500.0}
+    (run / "metrics.json").write_text(json.dumps({**base, **metrics}))
+    (run / "metrics.csv").write_text("epoch,train_loss,valid_nll_per_step\n1,10.0,9.5\n2,9.0,9.0\n")
+
+
+def test_report_tables_and_figures(tmp_path):
+    train_dir, out = tmp_path / "train", tmp_path / "report"
+    for seed, accuracy in ((0, 0.80), (1, 0.90), (2, 0.85)):
+        _run(train_dir, "braille_felif", seed, "braille", "braille", {"test_accuracy": accuracy})
+    _run(
+        train_dir,
+        "braille_lif",
+        0,
+        "braille",
+        "braille",
+        {"test_accuracy": 0.5},
+        output_neuron="lif",
+    )
+    _run(
+        train_dir,
+        "jsb_felif",
+        0,
+        "jsb",
+        "jsb",
+        {"test_nll_per_step": 9.1, "test_frame_accuracy": 0.2},
+    )
+    _run(
+        train_dir,
+        "jsb_lstm",
+        0,
+        "jsb",
+        "jsb",
+        {"test_nll_per_step": 8.5, "test_frame_accuracy": 0.25},
+        kind="lstm",
+    )
+    (train_dir / "unfinished_s0").mkdir()  # no metrics.json: ignored
+    assert report.main(["--train-dir", str(train_dir), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "## braille" in text and "## jsb" in text
+    assert (
+        "| braille_felif | LIF(150) -> FeLIF(27) | bruno, n=1000 | fp | 0 | 3 (0,1,2) "
+        "| 85.0 ± 5.0 |" in text
+    )
+    assert "| jsb_lstm | LSTM(150) |" in text and "8.500" in text and "25.0" in text
+    for name in ("braille.csv", "jsb.csv", "braille.png", "jsb.png"):
+        assert (out / name).is_file(), name
+    assert "unfinished" not in text
+
+
+def test_report_without_runs(tmp_path, capsys):
+    assert report.main(["--train-dir", str(tmp_path), "--out", str(tmp_path / "r")]) == 1
+    assert "no finished runs" in capsys.readouterr().err
+
+
+def test_report_shows_stopped_runs(tmp_path):
+    train_dir, out = tmp_path / "train", tmp_path / "report"
+    _run(
+        train_dir,
+        "jsb_ok",
+        0,
+        "jsb",
+        "algorithms",
+        {"test_nll_per_step": 9.0, "test_frame_accuracy": 0.2},
+    )
+    config = cfg.resolve({"task": "jsb", "group": "algorithms", "seeds": [0]}, name="jsb_bad")
+    run = train_dir / "jsb_bad_s0"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(config))
+    reason = "non-finite gradient of synapses_in.weight at epoch 1 batch 1"
+    (run / "failure.json").write_text(json.dumps({"seed": 0, "reason": reason}))
+    assert report.main(["--train-dir", str(train_dir), "--out", str(out), "--no-figures"]) == 0
+    text = (out / "report.md").read_text()
+    assert "| jsb_bad |" in text and f"1 run(s) stopped: {reason}" in text
