@@ -12,23 +12,26 @@ reset (the layer does those, identically for all algorithms):
                 ``"implicit"`` (default) a linearly implicit Euler step, Jacobian
                 ``(1 - dt J)^-1`` given analytically (J by autograd of bruno.felif.derivatives);
                 ``"euler"`` autograd through :func:`bruno.felif.euler_step` at ``coarse_dt``, the
-                SPEC's literal form. On this stiff law the explicit step's Jacobian has an
-                eigenvalue ~ ``1 - dt*rate`` (about -1e3 at 1 ms once P switches), so its
-                gradients explode through time (~1e32 after 40 steps in the tests, cosine < 0 with
+                SPEC's literal form. That step integrates P exponentially at frozen field
+                (dP'/dP = exp(-dt*rate) in (0, 1]), but at dt = 1 ms its sensitivity to the field,
+                (P - target) * dt*rate*exp(-dt*rate) * d(log rate)/dE, coupled back into v through
+                the FeCAP charge, reaches ~1e2 per step in the switching window, so its gradients
+                still explode through time (~1e17 x BPTT's on the test network, cosine ~0 with
                 BPTT); the implicit one is bounded (det(1 - dt J) >= 1) and has cosine ~0.85 with
-                BPTT's exact gradient on the test network. With ``fine_steps = 1``, ``"euler"``
-                reproduces BPTT's gradients exactly (a required identity, tested).
+                BPTT's exact gradient there. With ``fine_steps = 1``, ``"euler"`` reproduces
+                BPTT's gradients exactly (a required identity, tested).
 ``bptt``        autograd through every fine step (:func:`bruno.fine_path.hold_step`).
 ``checkpoint``  the same graph as ``bptt`` per coarse step, recomputed in backward
                 (``torch.utils.checkpoint``, reentrant: the forward keeps no per-fine-step
                 autograd nodes, whose overhead dominates memory for layers of a few hundred
                 neurons — non-reentrant measured no saving): gradients equal ``bptt``'s.
-``coarse``      one Euler step of ``coarse_dt`` only (values *and* gradients coarse).
+``coarse``      one :func:`bruno.felif.euler_step` of ``coarse_dt`` only (values *and* gradients
+                coarse).
 
 Inside a coarse step a neuron that crosses threshold holds its state (see bruno.fine_path).
 The coarse step uses bruno/felif.py's functions only (the equations live there), clamps included
 for ``"euler"``; on the stiff switching law coarse values can be far from the fine ones, which is
-why only its gradient is used. The ``coarse`` algorithm is explicit Euler in values and gradients.
+why only its gradient is used. The ``coarse`` algorithm is that step in values and gradients.
 """
 
 from __future__ import annotations
@@ -106,8 +109,10 @@ class _ImplicitCoarseGradient(torch.autograd.Function):
     ``dy1/dy0 = (1 - dt J)^-1`` and ``dy1/dI = (1 - dt J)^-1 dt df/dI`` (per neuron, 2x2),
     applied analytically in backward. On the stiff switching law ``J`` has one eigenvalue near 0
     (charge C v + A P is conserved by switching) and one large negative one, so ``1 - dt J`` is
-    well conditioned (det >= 1), whereas the explicit step's ``1 + dt J`` has an eigenvalue of
-    about ``1 - dt |lambda|`` (~ -1e3 at 1 ms) and gradients through time explode.
+    well conditioned (det >= 1). The explicit linearisation ``1 + dt J`` has an eigenvalue of
+    about ``1 - dt |lambda|`` (~ -1e3 at 1 ms); autograd through one 1 ms
+    :func:`bruno.felif.euler_step` (exponential in P) avoids that one but not the large field
+    sensitivity of the rate, and its gradients through time explode as well (module docstring).
     """
 
     @staticmethod

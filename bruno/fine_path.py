@@ -1,4 +1,4 @@
-"""The FeLIF fine path: ``steps`` Euler steps of ``dt`` with the input current held constant.
+"""The FeLIF fine path: ``steps`` reference steps of ``dt`` with the input current held constant.
 
 Spike handling is the trainers' (SPEC §3): inside one call a neuron whose membrane exceeds its
 threshold *holds* its state for the remaining steps; ``held`` says which neurons crossed. The

