@@ -119,18 +119,6 @@ FIXED_FROM_NETLIST = {
     "reset_voltage": "v_reset",
 }
 BOLTZMANN_OVER_Q = 8.617333262e-5  # V/K
-VARIABILITY = {
-    "sigma": 0.1,
-    "fields": [
-        "area",
-        "activation_field",
-        "saturation_polarization",
-        "leak_current_density",
-        "ferroelectric_thickness",
-        "interlayer_thickness",
-        "input_gain",
-    ],
-}
 # Tolerances of `validate` (stated in the report).
 TARGETS = {"isi_rel_error_median": 0.02, "isi_rel_error_max": 0.05, "v_nrmse": 0.05}
 
@@ -980,7 +968,7 @@ def calibrate(
     parameters = {**fixed, **fitted, "input_gain": 1.0}
     # fields neither fitted nor designed in the netlist keep bruno's defaults (written out, so
     # the preset is complete)
-    from bruno import felif
+    from bruno import felif, presets
 
     defaults = felif.FeLIFParameters()
     for f in dataclasses.fields(defaults):
@@ -991,7 +979,10 @@ def calibrate(
         "parameters": parameters,
         "uncertainties": uncertainties,
         "correlations": correlations,
-        "variability": VARIABILITY,
+        "variability": {  # the trainer's defaults (bruno.presets), recorded with the fit
+            "sigma": presets.DEFAULT_VARIABILITY_SIGMA,
+            "fields": list(presets.DEFAULT_VARIABILITY_FIELDS),
+        },
         "fit": {
             "method": "lmfit leastsq (Levenberg-Marquardt), bounded Parameters, batched "
             "forward-difference Jacobian",
