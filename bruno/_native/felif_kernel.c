@@ -130,6 +130,23 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
 #define BRUNO_LOGF bruno_logf
 #endif
 
+/* One fine step of the FeLIF compact model from (v[i], p[i]) to (vn, pn): the C statement of
+ * bruno/felif.py::euler_step (field, switching rate, exponential polarisation update, leak,
+ * charge-conserving membrane update, clamps). Both kernel modes expand it; only the spike
+ * handling after it differs. */
+#define FELIF_NEXT_STATE(T, EXP, LOG, FABS, FMIN, FMAX)                                             \
+    const T vi = v[i], pi = p[i];                                                                   \
+    const T e = fv[i] * vi - fp[i] * pi;                                                            \
+    const T rate = EXP(-EXP(al[i] * (lea[i] - LOG(FABS(e) + es[i])))) * it0[i];                     \
+    const T se = (e > zero) ? one : ((e < zero) ? -one : zero);                                     \
+    const T sv = (vi > zero) ? one : ((vi < zero) ? -one : zero);                                   \
+    const T target = se * ps[i];                                                                    \
+    const T decay = EXP(-FMIN(rate * dt, cap));                                                     \
+    const T pn = FMIN(FMAX(target + (pi - target) * decay, -ps[i]), ps[i]);                         \
+    const T leak = sv * (i0a[i] * (EXP(vi * ivt[i]) - one) + idsc[i]);                              \
+    const T dv = dt * (gain[i] * ik[i] - leak) * ic[i] - ar[i] * (pn - pi) * ic[i];                 \
+    const T vn = FMIN(FMAX(vi + dv, -vclip), vclip);
+
 #define DEFINE_KERNEL(T, SUFFIX, EXP, LOG, FABS, FMIN, FMAX)                                       \
     static void block_##SUFFIX(int64_t lo, int64_t hi, int64_t n, int64_t steps, T dt,            \
                                T *restrict v, T *restrict p, const T *restrict current,            \
@@ -157,17 +174,7 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
             if (mode == 0) {                                                                        \
                 _Pragma("omp simd")                                                                 \
                 for (int64_t i = lo; i < hi; ++i) {                                                 \
-                    const T vi = v[i], pi = p[i];                                                   \
-                    const T e = fv[i] * vi - fp[i] * pi;                                            \
-                    const T rate = EXP(-EXP(al[i] * (lea[i] - LOG(FABS(e) + es[i])))) * it0[i];    \
-                    const T se = (e > zero) ? one : ((e < zero) ? -one : zero);                     \
-                    const T sv = (vi > zero) ? one : ((vi < zero) ? -one : zero);                   \
-                    const T target = se * ps[i];                                                    \
-                    const T decay = EXP(-FMIN(rate * dt, cap));                                     \
-                    const T pn = FMIN(FMAX(target + (pi - target) * decay, -ps[i]), ps[i]);         \
-                    const T leak = sv * (i0a[i] * (EXP(vi * ivt[i]) - one) + idsc[i]);              \
-                    const T dv = dt * (gain[i] * ik[i] - leak) * ic[i] - ar[i] * (pn - pi) * ic[i]; \
-                    const T vn = FMIN(FMAX(vi + dv, -vclip), vclip);                                \
+                    FELIF_NEXT_STATE(T, EXP, LOG, FABS, FMIN, FMAX)                                 \
                     const int h = held[i] != 0;                                                     \
                     const T vo = h ? vi : vn;                                                       \
                     v[i] = vo;                                                                      \
@@ -178,17 +185,7 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
                 uint8_t *restrict fk = fired + k * n;                                               \
                 _Pragma("omp simd")                                                                 \
                 for (int64_t i = lo; i < hi; ++i) {                                                 \
-                    const T vi = v[i], pi = p[i];                                                   \
-                    const T e = fv[i] * vi - fp[i] * pi;                                            \
-                    const T rate = EXP(-EXP(al[i] * (lea[i] - LOG(FABS(e) + es[i])))) * it0[i];    \
-                    const T se = (e > zero) ? one : ((e < zero) ? -one : zero);                     \
-                    const T sv = (vi > zero) ? one : ((vi < zero) ? -one : zero);                   \
-                    const T target = se * ps[i];                                                    \
-                    const T decay = EXP(-FMIN(rate * dt, cap));                                     \
-                    const T pn = FMIN(FMAX(target + (pi - target) * decay, -ps[i]), ps[i]);         \
-                    const T leak = sv * (i0a[i] * (EXP(vi * ivt[i]) - one) + idsc[i]);              \
-                    const T dv = dt * (gain[i] * ik[i] - leak) * ic[i] - ar[i] * (pn - pi) * ic[i]; \
-                    const T vn = FMIN(FMAX(vi + dv, -vclip), vclip);                                \
+                    FELIF_NEXT_STATE(T, EXP, LOG, FABS, FMIN, FMAX)                                 \
                     const int f = vn > thr[i];                                                      \
                     fk[i] = (uint8_t)f;                                                             \
                     v[i] = f ? rv[i] : vn;                                                          \
