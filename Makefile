@@ -6,12 +6,14 @@ PY := $(VENV)/bin/python
 # Where datasets live (downloaded there with a sha256 check when missing). CI points it at ../shared/data.
 export BRUNO_DATA_DIR ?= $(CURDIR)/data
 EXP ?= jsb_felif_bruno
+GROUP ?= braille
+JOBS ?= $(shell nproc)
 # The fused kernel shares torch's OpenMP runtime; spinning idle threads cost more than they save
 # on small, busy machines (measured: BRUNO training steps 2x faster with PASSIVE on 2 loaded cores).
 export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup native test lint calibrate validate train bench report clean
+.PHONY: all setup native test lint calibrate validate train sweep bench report clean
 
 all: setup calibrate validate train report  ## the main job: calibrate -> validate -> train -> report
 
@@ -38,6 +40,9 @@ validate: setup  ## compact models vs ngspice on held-out stimuli; non-zero exit
 
 train: setup  ## train one experiment: make train EXP=<name> (see pipelines/configs/)
 	$(PY) -m pipelines train $(EXP)
+
+sweep: setup  ## every seed of a group's experiments in parallel: make sweep GROUP=braille JOBS=16
+	$(PY) -m pipelines sweep $(GROUP) --jobs $(JOBS)
 
 bench: setup  ## memory/time benchmark BRUNO vs BPTT vs checkpointing; fine-path throughput
 	$(PY) -m pipelines bench

@@ -317,8 +317,10 @@ class LIFLayer(nn.Module):
 class RLIFLayer(LIFLayer):
     """LIF with recurrent weights inside: drive_t = x_t + W_rec s_{t-1}.
 
-    The recurrent synapses are a :class:`bruno.synapses.SynapticLinear` (``recurrent_precision``
-    "fp", "8bit", "4bit", "3bit" or "rram"), so they can be quantised like the feed-forward ones.
+    The recurrent synapses are a :class:`bruno.synapses.SynapticLinear`, so they can be
+    quantised like the feed-forward ones: pass one as ``recurrent_synapses`` (size -> size, no
+    bias), or let the layer build one of ``recurrent_precision`` ("fp", "8bit", "4bit", "3bit"
+    or "rram").
     """
 
     recurrent = True
@@ -337,6 +339,7 @@ class RLIFLayer(LIFLayer):
         record_state: bool = False,
         recurrent_precision: str = "fp",
         rram_preset: presets.RRAMPreset | None = None,
+        recurrent_synapses: SynapticLinear | None = None,
     ) -> None:
         super().__init__(
             size,
@@ -350,14 +353,20 @@ class RLIFLayer(LIFLayer):
             seed,
             record_state,
         )
-        self.recurrent_weights = SynapticLinear(
-            size,
-            size,
-            precision=recurrent_precision,
-            rram_preset=rram_preset,
-            seed=seed,
-            bias=False,
-        )
+        if recurrent_synapses is None:
+            recurrent_synapses = SynapticLinear(
+                size,
+                size,
+                precision=recurrent_precision,
+                rram_preset=rram_preset,
+                seed=seed,
+                bias=False,
+            )
+        elif (recurrent_synapses.in_features, recurrent_synapses.out_features) != (size, size):
+            raise ValueError(f"recurrent_synapses must map {size} -> {size} neurons")
+        elif recurrent_synapses.bias is not None:
+            raise ValueError("recurrent_synapses must have no bias")
+        self.recurrent_weights = recurrent_synapses
 
     def _recurrent_input(self, previous_spikes: torch.Tensor) -> torch.Tensor:
         return self.recurrent_weights(previous_spikes)

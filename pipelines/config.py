@@ -99,6 +99,14 @@ SYNAPSE = {
     "bias": F(bool, True, doc="a full-precision bias per output (a constant input line)"),
 }
 
+LIF = {
+    "tau_mem": F(float, 20e-3, low=1e-9, high=10.0, doc="LIF/RLIF membrane time constant (s)"),
+    "tau_syn": F(float, 5e-3, low=0.0, high=10.0, doc="synaptic time constant (s); 0: none"),
+    "threshold": F(float, 1.0, low=1e-9, high=1e6, doc="firing threshold (units of drive)"),
+    "reset": F(str, "zero", ("zero", "subtract")),
+    "surrogate_slope": F(float, 25.0, low=1e-6, high=1e6, doc="= bruno LIF_SLOPE"),
+}
+
 MODEL = {
     "kind": F(str, "spiking", ("spiking", "lstm")),
     "hidden": F(int, 150, low=1, high=100_000),
@@ -117,6 +125,7 @@ MODEL = {
     ),
     "count_scale": F(float, 1.0, low=1e-6, high=1e6, doc="Braille: logits = scale * counts"),
     "synapse": SYNAPSE,
+    "lif": LIF,
 }
 
 OPTIM = {

@@ -19,7 +19,6 @@ drive into current with ``current_scale`` (A per unit).
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import torch
@@ -31,15 +30,6 @@ JSB_NOTES = 54
 JSB_OUTPUT_BIAS = -2.5
 BRAILLE_CHANNELS = 24
 BRAILLE_CLASSES = 27
-
-
-def _call_with_supported(factory, *args, **kwargs):
-    """Call ``factory`` with the keyword arguments it accepts (the layer classes differ: LIF has no
-    ``fine_steps`` or ``current_scale``: its drive is dimensionless with threshold 1)."""
-    signature = inspect.signature(factory)
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    used = {k: v for k, v in kwargs.items() if accepts_any or k in signature.parameters}
-    return factory(*args, **used)
 
 
 def felif_parameters(choice: str):
@@ -54,25 +44,30 @@ def felif_parameters(choice: str):
 
 
 def neuron_layer(kind: str, size: int, model: dict, seed: int) -> nn.Module:
+    """FeLIF (device model, current in A = current_scale x drive) or LIF/RLIF (dimensionless
+    drive, ``model.lif`` parameters, one step of ``coarse_dt`` per frame). An RLIF layer's
+    recurrent weights are synapses of the configured precision like the feed-forward ones."""
     from bruno import layers
 
-    common = dict(
-        algorithm=model["algorithm"],
-        fine_steps=model["fine_steps"],
-        coarse_dt=model["coarse_dt"],
-        variability_sigma=model["variability_sigma"],
-        seed=seed,
-        current_scale=model["current_scale"],
-    )
     if kind == "felif":
-        return _call_with_supported(
-            layers.FeLIFLayer,
+        return layers.FeLIFLayer(
             size,
             parameters=felif_parameters(model["felif_parameters"]),
-            **common,
+            algorithm=model["algorithm"],
+            fine_steps=model["fine_steps"],
+            coarse_dt=model["coarse_dt"],
+            variability_sigma=model["variability_sigma"],
+            seed=seed,
+            current_scale=model["current_scale"],
         )
-    factory = {"lif": layers.LIFLayer, "rlif": layers.RLIFLayer}[kind]
-    return _call_with_supported(factory, size, **common)
+    lif = dict(model["lif"], dt=model["coarse_dt"])
+    common = dict(variability_sigma=model["variability_sigma"], seed=seed, **lif)
+    if kind == "rlif":
+        recurrent = synapses(
+            size, size, dict(model, synapse=dict(model["synapse"], bias=False)), seed
+        )
+        return layers.RLIFLayer(size, recurrent_synapses=recurrent, **common)
+    return layers.LIFLayer(size, **common)
 
 
 def synapses(in_features: int, out_features: int, model: dict, seed: int) -> nn.Module:

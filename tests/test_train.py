@@ -267,3 +267,50 @@ def test_spiking_networks_train_end_to_end(tmp_path, task, model):
     metrics = json.loads((tmp_path / "out" / "spiking_s0" / "metrics.json").read_text())
     key = "test_nll_per_step" if task == "jsb" else "test_accuracy"
     assert key in metrics and metrics[key] == metrics[key]  # finite, not NaN
+
+
+def test_model_config_reaches_the_neurons():
+    """``model.lif`` and ``coarse_dt`` set the LIF/RLIF neurons; an RLIF layer's recurrent weights
+    get the configured synapse precision (calibrated RRAM here), with no bias."""
+    from bruno.lif import LIFParameters
+    from bruno.surrogate import LIF_SLOPE
+    from pipelines import models
+
+    assert cfg.LIF["surrogate_slope"].default == LIF_SLOPE  # the config default is the library's
+    defaults = LIFParameters()
+    assert (cfg.LIF["tau_mem"].default, cfg.LIF["tau_syn"].default) == (
+        defaults.tau_mem,
+        defaults.tau_syn,
+    )
+    lif = {
+        "tau_mem": 0.03,
+        "tau_syn": 0.0,
+        "threshold": 0.5,
+        "reset": "subtract",
+        "surrogate_slope": 7.0,
+    }
+    raw = {
+        "task": "braille",
+        "model": {
+            "hidden": 6,
+            "neuron": "rlif",
+            "output_neuron": "lif",
+            "coarse_dt": 2e-3,
+            "synapse": {"precision": "rram"},
+            "lif": lif,
+        },
+    }
+    net = models.build(cfg.resolve(raw, name="t"), 0)
+    for layer in (net.hidden, net.outputs):
+        p = layer.parameters_
+        assert (p.tau_mem, p.tau_syn, p.threshold, p.reset, p.dt) == (
+            0.03,
+            0.0,
+            0.5,
+            "subtract",
+            2e-3,
+        )
+        assert layer.surrogate_slope == 7.0
+    recurrent = net.hidden.recurrent_weights
+    assert recurrent.precision == "rram" and recurrent.bias is None
+    assert recurrent.weight.shape == (6, 6)

@@ -1,0 +1,249 @@
+"""`python -m pipelines sweep GROUP|EXPERIMENT... [--jobs N]`: every seed of several experiments.
+
+An experiment matrix (the Braille comparison: 12 experiments x 3 seeds) is many independent,
+single-threaded runs; this stage runs them as parallel ``python -m pipelines train EXP --seed S``
+processes, ``--jobs`` at a time with ``--threads`` threads each, slowest first (FeLIF output
+layers before LIF ones), so a machine with many cores finishes the matrix in a fraction of the
+sequential time. Each run writes its usual ``<out>/<name>_s<seed>/`` plus ``train.log`` (its
+output). Runs already complete are skipped by ``train`` itself; unfinished ones resume from their
+last checkpoint, so a sweep stopped by ``--time-limit``, Ctrl-C or a lost machine is continued by
+running the same command again.
+
+Exit status: 0 when every run finished, 3 when some run failed (its log is named), 4 when the
+time limit stopped runs that can be resumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines import config as cfg
+from pipelines.train import RESULTS_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+# Relative cost of one epoch, for the slowest-first order (measured: a FeLIF output layer with
+# 1000 fine steps per coarse step takes ~6x a LIF one's epoch on Braille).
+_NEURON_COST = {"felif": 6.0, "rlif": 1.2, "lif": 1.0}
+
+
+@dataclass(frozen=True)
+class Job:
+    experiment: str
+    seed: int
+    run: str
+    cost: float
+
+    def command(self, out: Path, overrides: list[str]) -> list[str]:
+        sets = [item for o in overrides for item in ("--set", o)]
+        return [
+            sys.executable,
+            "-m",
+            "pipelines",
+            "train",
+            self.experiment,
+            "--seed",
+            str(self.seed),
+            "--out",
+            str(out),
+            "--no-progress",
+            *sets,
+        ]
+
+
+def _estimated_cost(config: dict) -> float:
+    model = config["model"]
+    neurons = {model.get("neuron"), model.get("output_neuron")}
+    per_epoch = max(_NEURON_COST.get(n, 1.0) for n in neurons)
+    return per_epoch * config["optim"]["epochs"]
+
+
+def plan(selection: list[str], overrides: list[str], seeds: list[int] | None) -> list[Job]:
+    """The runs of ``selection`` (experiment names, config paths or report groups), slowest first.
+
+    Every config is loaded and validated before anything runs (a bad key fails the whole sweep
+    up front instead of one run hours in)."""
+    experiments = cfg.list_experiments()
+    names: list[str] = []
+    for item in selection:
+        if item in experiments or Path(item).suffix == ".json":
+            names.append(item)
+            continue
+        group = [e for e in experiments if cfg.load(e)["group"] == item]
+        if not group:
+            raise cfg.ConfigError(
+                f"{item!r} is neither an experiment nor a group; groups: "
+                + ", ".join(sorted({cfg.load(e)["group"] for e in experiments}))
+            )
+        names.extend(group)
+    jobs = []
+    for name in dict.fromkeys(names):
+        config = cfg.load(name, overrides)
+        for seed in seeds or config["seeds"]:
+            jobs.append(Job(name, seed, f"{config['name']}_s{seed}", _estimated_cost(config)))
+    return sorted(jobs, key=lambda job: (-job.cost, job.run))
+
+
+def _finished(out: Path, job: Job) -> bool:
+    return (out / job.run / "metrics.json").exists()
+
+
+def run(
+    jobs: list[Job],
+    out: Path,
+    overrides: list[str],
+    parallel: int,
+    threads: int,
+    time_limit: float | None = None,
+    progress: bool = True,
+) -> dict[str, list[str]]:
+    """Run ``jobs`` ``parallel`` at a time; returns the run names by outcome
+    (``done``, ``failed``, ``stopped``)."""
+    from tqdm.auto import tqdm
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    pending = list(jobs)
+    running: dict[str, tuple[subprocess.Popen, object]] = {}
+    outcome: dict[str, list[str]] = {"done": [], "failed": [], "stopped": []}
+    deadline = time.monotonic() + time_limit if time_limit else None
+    bar = tqdm(total=len(jobs), desc="sweep", unit="run", disable=not progress)
+    try:
+        while pending or running:
+            while pending and len(running) < parallel and not _past(deadline):
+                job = pending.pop(0)
+                (out / job.run).mkdir(parents=True, exist_ok=True)
+                log = open(out / job.run / "train.log", "a")
+                process = subprocess.Popen(
+                    job.command(out, overrides),
+                    cwd=REPO,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+                running[job.run] = (process, log, job)
+            for name, (process, log, job) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                ok = process.returncode == 0 and _finished(out, job)
+                outcome["done" if ok else "failed"].append(name)
+                bar.update(1)
+                if not ok:
+                    tqdm.write(
+                        f"sweep: {name} failed (exit {process.returncode}); see "
+                        f"{out / name / 'train.log'}"
+                    )
+            if _past(deadline):
+                outcome["stopped"] += [job.run for job in pending]
+                pending.clear()
+                if running:
+                    tqdm.write(
+                        f"sweep: time limit reached; stopping {len(running)} runs "
+                        "(they resume from their last epoch on the next sweep)"
+                    )
+                    _stop(running, outcome)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        _stop(running, outcome)
+        raise
+    finally:
+        bar.close()
+    return outcome
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _stop(running: dict, outcome: dict[str, list[str]]) -> None:
+    for process, _, _ in running.values():
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for name, (process, log, _) in list(running.items()):
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+        outcome["stopped"].append(name)
+    running.clear()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines sweep", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("selection", nargs="+", help="experiment names, config paths or groups")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=max(1, os.cpu_count() or 1),
+        help="runs at a time (default: one per CPU core)",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (1)")
+    parser.add_argument("--seed", type=int, action="append", help="only these seeds")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value in every run",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results root")
+    parser.add_argument(
+        "--time-limit", type=float, metavar="SECONDS", help="stop (resumably) after this long"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.jobs < 1 or args.threads < 1:
+        print("sweep: --jobs and --threads must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        jobs = plan(args.selection, args.overrides, args.seed)
+    except cfg.ConfigError as error:
+        print(f"sweep: {error}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for job in jobs:
+            print(f"{job.run}\t{job.experiment}\tseed {job.seed}\tcost {job.cost:g}")
+        return 0
+    args.out = args.out.resolve()
+    todo = [job for job in jobs if not _finished(args.out, job)]
+    print(
+        f"sweep: {len(jobs)} runs, {len(jobs) - len(todo)} already complete; "
+        f"{args.jobs} at a time x {args.threads} thread(s)"
+    )
+    outcome = run(
+        todo,
+        args.out,
+        args.overrides,
+        args.jobs,
+        args.threads,
+        args.time_limit,
+        progress=not args.no_progress,
+    )
+    print(
+        f"sweep: {len(outcome['done'])} finished, {len(outcome['failed'])} failed, "
+        f"{len(outcome['stopped'])} stopped"
+    )
+    for name in outcome["failed"]:
+        print(f"  failed: {name} ({args.out / name / 'train.log'})")
+    if outcome["failed"]:
+        return 3
+    return 4 if outcome["stopped"] else 0
