@@ -172,6 +172,36 @@ def table(entries: list[dict]) -> tuple[str, list[dict]]:
     return "\n".join(lines), rows
 
 
+def matrix(entries: list[dict]) -> str | None:
+    """The headline metric as the paper's comparison grid: one row per network and training
+    algorithm, one column per synapse type and variability; None when the group has only one
+    row or one column."""
+    key, title, digits, _ = _metrics_for(entries[0])[0]
+    cells: dict[tuple[str, str], str] = {}
+    rows: list[str] = []
+    columns: list[str] = []
+    for entry in entries:
+        describe = _describe(entry["config"])
+        row = f"{describe['network']}, {describe['algorithm']}"
+        column = f"{describe['synapses']}, σ = {describe['sigma']}"
+        rows += [row] if row not in rows else []
+        columns += [column] if column not in columns else []
+        values = [run["metrics"].get(key) for run in entry["runs"]]
+        cells[row, column] = f"{_stat(values, key, digits)} (n={len(entry['runs'])})"
+    if len(rows) < 2 or len(columns) < 2:
+        return None
+    columns.sort(key=lambda c: (c.startswith("RRAM"), c))
+    lines = [
+        f"{title}, mean ± std over n seeds:",
+        "",
+        "| network, training | " + " | ".join(columns) + " |",
+        "|" + "---|" * (len(columns) + 1),
+    ]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(cells.get((row, c), "-") for c in columns) + " |")
+    return "\n".join(lines)
+
+
 def _figure(path: Path, group: str, entries: list[dict]) -> None:
     import matplotlib
 
@@ -245,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(runs)} runs from `{args.train_dir}`; mean ± std over seeds; test split, model "
         "selected on the validation split. Peak memory: peak RSS of the training process on CPU "
         "(max_memory_allocated on GPU); peak − baseline: the increase over the RSS before the "
-        "first epoch (data and model loaded). Times are wall-clock on a shared 2-core machine.",
+        "first epoch (data and model loaded). Times: training wall-clock per epoch on the machine "
+        "that ran the run (a run resumed elsewhere averages over both).",
     ]
     for group, entries in groups.items():
         markdown, rows = table(entries)
@@ -253,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         descriptions = {e["config"].get("description", "") for e in entries}
         if len(descriptions) == 1 and next(iter(descriptions)):
             parts += [next(iter(descriptions)), ""]
+        grid = matrix(entries)
+        if grid:
+            parts += [grid, ""]
         parts.append(markdown)
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=list(rows[0]))

@@ -91,3 +91,34 @@ def test_report_shows_stopped_runs(tmp_path):
     assert report.main(["--train-dir", str(train_dir), "--out", str(out), "--no-figures"]) == 0
     text = (out / "report.md").read_text()
     assert "| jsb_bad |" in text and f"1 run(s) stopped: {reason}" in text
+
+
+def test_braille_comparison_grid(tmp_path):
+    """Networks as rows, synapse type and variability as columns, mean ± std (n seeds) per cell."""
+    train_dir = tmp_path / "train"
+    for name, output, precision, sigma, accuracies in (
+        ("felif_fp", "felif", "fp", 0.0, (0.30, 0.40)),
+        ("felif_rram", "felif", "rram", 0.1, (0.20,)),
+        ("lif_fp", "lif", "fp", 0.0, (0.50, 0.60, 0.55)),
+    ):
+        for seed, accuracy in enumerate(accuracies):
+            _run(
+                train_dir,
+                name,
+                seed,
+                "braille",
+                "braille",
+                {"test_accuracy": accuracy},
+                output_neuron=output,
+                variability_sigma=sigma,
+                synapse={"precision": precision},
+            )
+    entries = report.summarise(report.load_runs(train_dir))["braille"]
+    grid = report.matrix(entries)
+    lines = grid.splitlines()
+    assert lines[2] == "| network, training | fp, σ = 0 | RRAM 3-bit (calibrated), σ = 0.1 |"
+    felif = next(line for line in lines if line.startswith("| LIF(150) -> FeLIF"))
+    assert felif.endswith("| 35.0 ± 7.1 (n=2) | 20.0 (n=1) |")
+    lif = next(line for line in lines if line.startswith("| LIF(150) -> LIF"))
+    assert lif.endswith("| 55.0 ± 5.0 (n=3) | - |")
+    assert report.matrix(entries[:1]) is None  # one row and one column: no grid
