@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines import config as cfg
-from pipelines.train import RESULTS_DIR
+from pipelines.train import RESULTS_DIR, add_override_option
 
 REPO = Path(__file__).resolve().parents[1]
 # Relative cost of one epoch, for the slowest-first order (measured: a FeLIF output layer with
@@ -70,18 +70,22 @@ def plan(selection: list[str], overrides: list[str], seeds: list[int] | None) ->
     Every config is loaded and validated before anything runs (a bad key fails the whole sweep
     up front instead of one run hours in)."""
     experiments = cfg.list_experiments()
+    groups: dict[str, list[str]] | None = None  # group -> experiments, read when first needed
     names: list[str] = []
     for item in selection:
         if item in experiments or Path(item).suffix == ".json":
             names.append(item)
             continue
-        group = [e for e in experiments if cfg.load(e)["group"] == item]
-        if not group:
+        if groups is None:
+            groups = {}
+            for name in experiments:
+                groups.setdefault(cfg.load(name)["group"], []).append(name)
+        if item not in groups:
             raise cfg.ConfigError(
                 f"{item!r} is neither an experiment nor a group; groups: "
-                + ", ".join(sorted({cfg.load(e)["group"] for e in experiments}))
+                + ", ".join(sorted(groups))
             )
-        names.extend(group)
+        names.extend(groups[item])
     jobs = []
     for name in dict.fromkeys(names):
         config = cfg.load(name, overrides)
@@ -110,7 +114,7 @@ def run(
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     pending = list(jobs)
-    running: dict[str, tuple[subprocess.Popen, object]] = {}
+    running: dict[str, tuple[subprocess.Popen, object, Job]] = {}
     outcome: dict[str, list[str]] = {"done": [], "failed": [], "stopped": []}
     deadline = time.monotonic() + time_limit if time_limit else None
     bar = tqdm(total=len(jobs), desc="sweep", unit="run", disable=not progress)
@@ -192,14 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (1)")
     parser.add_argument("--seed", type=int, action="append", help="only these seeds")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value in every run",
-    )
+    add_override_option(parser)  # applies to every run
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results root")
     parser.add_argument(
         "--time-limit", type=float, metavar="SECONDS", help="stop (resumably) after this long"

@@ -630,6 +630,18 @@ def _headline(metrics: dict) -> str:
 # Command line
 
 
+def add_override_option(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` (repeatable), collected in ``args.overrides`` for :func:`cfg.load`."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.epochs=3 (JSON values)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines train", description=__doc__.split("\n\n")[0]
@@ -642,14 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {cfg.DEFAULT_EXPERIMENT})",
     )
     parser.add_argument("--seed", type=int, action="append", help="run only this seed (repeatable)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set optim.epochs=3 (JSON values)",
-    )
+    add_override_option(parser)
     parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR, help="results root (results/train)"
     )
