@@ -1,5 +1,8 @@
 # SPICE-in-the-loop calibration and BRUNO training. `make all` runs the main job end to end on a
 # fresh clone; `make test` runs the test suite. Both install what they need first (`make setup`).
+# Every stage target passes ARGS through to its command, e.g.
+#   make train EXP=jsb_alg_bptt ARGS="--set optim.epochs=10"
+#   make calibrate ARGS="rram --quick --presets /tmp/presets"
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,14 +11,24 @@ export BRUNO_DATA_DIR ?= $(CURDIR)/data
 EXP ?= jsb_felif_bruno
 GROUP ?= braille
 JOBS ?= $(shell nproc)
+ARGS ?=
+# Scratch directory of `make smoke` (its presets, reports, runs); removed by `make clean`.
+SMOKE_DIR ?= results/smoke
+# The fused kernel's build directory (bruno/native.py: $BRUNO_NATIVE_DIR or bruno/_native/build).
+NATIVE_BUILD ?= $(or $(BRUNO_NATIVE_DIR),bruno/_native/build)
 # The fused kernel shares torch's OpenMP runtime; spinning idle threads cost more than they save
 # on small, busy machines (measured: BRUNO training steps 2x faster with PASSIVE on 2 loaded cores).
 export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup native test lint calibrate validate train sweep bench report clean
+.PHONY: all setup native test lint smoke calibrate validate train sweep bench report clean
 
-all: setup calibrate validate train report  ## the main job: calibrate -> validate -> train -> report
+# The stages run one after another even under `make -j`: each needs the previous one's output.
+all: setup  ## the main job: calibrate -> validate -> train (default experiment) -> report
+	$(MAKE) calibrate ARGS=
+	$(MAKE) validate ARGS=
+	$(MAKE) train ARGS=
+	$(MAKE) report ARGS=
 
 setup: $(STAMP) native  ## system ngspice, .venv with pinned dependencies, native fine-path kernel
 
@@ -27,28 +40,32 @@ native: $(STAMP)  ## build the fused fine-path kernel for this CPU (portable fal
 	$(PY) -m bruno.native build
 
 test: setup  ## the test suite (fast; real data from BRUNO_DATA_DIR)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(ARGS)
 
-lint: setup
+lint: setup  ## ruff: lint and formatting
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+smoke: setup  ## the main job end to end in quick mode (scratch presets, tiny training): < 5 min
+	bash scripts/smoke.sh $(SMOKE_DIR)
 
 calibrate: setup  ## refit the FeLIF and RRAM compact models against ngspice
-	$(PY) -m calibration calibrate
+	$(PY) -m calibration calibrate $(ARGS)
 
 validate: setup  ## compact models vs ngspice on held-out stimuli; non-zero exit when out of tolerance
-	$(PY) -m calibration validate
+	$(PY) -m calibration validate $(ARGS)
 
 train: setup  ## train one experiment: make train EXP=<name> (see pipelines/configs/)
-	$(PY) -m pipelines train $(EXP)
+	$(PY) -m pipelines train $(EXP) $(ARGS)
 
 sweep: setup  ## every seed of a group's experiments in parallel: make sweep GROUP=braille JOBS=16
-	$(PY) -m pipelines sweep $(GROUP) --jobs $(JOBS)
+	$(PY) -m pipelines sweep $(GROUP) --jobs $(JOBS) $(ARGS)
 
 bench: setup  ## memory/time benchmark BRUNO vs BPTT vs checkpointing; fine-path throughput
-	$(PY) -m pipelines bench
+	$(PY) -m pipelines bench $(ARGS)
 
 report: setup  ## gather results/train/* into tables and figures
-	$(PY) -m pipelines report
+	$(PY) -m pipelines report $(ARGS)
 
-clean:
-	rm -rf results build
+clean:  ## remove results (smoke included) and the native kernel build; keeps .venv and presets
+	rm -rf results build $(SMOKE_DIR) $(NATIVE_BUILD)

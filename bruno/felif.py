@@ -97,9 +97,10 @@ def ferroelectric_field(
     v: torch.Tensor, polarization: torch.Tensor, p: FeLIFParameters
 ) -> torch.Tensor:
     """Electric field in the ferroelectric layer (V/m) of the interlayer/ferroelectric stack."""
-    numerator = p.interlayer_permittivity * v - (
-        p.interlayer_thickness / VACUUM_PERMITTIVITY
-    ) * polarization
+    numerator = (
+        p.interlayer_permittivity * v
+        - (p.interlayer_thickness / VACUUM_PERMITTIVITY) * polarization
+    )
     denominator = (
         p.ferroelectric_thickness * p.interlayer_permittivity
         + p.interlayer_thickness * p.ferroelectric_permittivity

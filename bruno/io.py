@@ -1,4 +1,4 @@
-"""Atomic writes for the files that matter: calibrated presets, checkpoints, results.
+"""Atomic writes for the files that matter: calibrated presets, checkpoints, results, figures.
 
 A reader never sees a half-written file: data goes to a temporary file in the same directory,
 is flushed to disk, and replaces the target in one ``os.replace``.
@@ -45,3 +45,15 @@ def atomic_write_json(path: str | Path, payload: Any) -> Path:
     """JSON with sorted keys and a trailing newline; NaN/Inf are refused (not valid JSON)."""
     text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n"
     return atomic_write_text(path, text)
+
+
+def atomic_save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    """A matplotlib figure as PNG, written atomically; the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -9,13 +9,15 @@ the first flag set that compiles, loads and passes a numerical self-test in a ch
 3. ``-O3 -ffast-math -fopenmp`` (baseline x86-64 / the architecture's default vector ISA),
 4. as 3. without OpenMP (one thread).
 
-The library lands in ``bruno/_native/build/`` (git-ignored; ``BRUNO_NATIVE_DIR`` overrides,
-and a per-user cache directory is used when the package directory is read-only) under a name that
-hashes the source, the compiler, the flags and the CPU's feature flags, so a rebuild only happens
-when one of them changed (idempotent, ~0.1 s when up to date) and a library built on another CPU is
-never loaded. When nothing compiles (no C compiler) the trainers and ``bruno.felif.simulate`` fall
-back to the torch reference loop, slower but identical in meaning. ``BRUNO_NATIVE=0`` disables
-the kernel.
+The library lands in ``bruno/_native/build/`` (git-ignored; ``BRUNO_NATIVE_DIR`` overrides, and a
+per-user cache directory is used when the package directory is read-only) under a name that hashes
+the C source, the Python reference it is checked against (``REFERENCE_SOURCES``), the constants it
+shares with :mod:`bruno.felif` (passed as ``-D`` flags, never restated in C), the compiler, the
+flags and the CPU's feature flags. A rebuild only happens when one of them changed (idempotent,
+~0.1 s when up to date); a library that is stale or was built on another CPU is never loaded:
+:func:`load` rebuilds it (or, with ``build_if_missing=False``, refuses it with a warning). When
+nothing compiles (no C compiler) the trainers and ``bruno.felif.simulate`` fall back to the torch
+reference loop, slower but identical in meaning. ``BRUNO_NATIVE=0`` disables the kernel.
 
 The kernel is called through ctypes on the data pointers of contiguous CPU float32/float64 tensors.
 """
@@ -39,12 +41,16 @@ from pathlib import Path
 
 import torch
 
-from bruno.felif import FeLIFParameters, ferroelectric_field
+from bruno.felif import DECAY_CAP, V_CLIP, FeLIFParameters, ferroelectric_field
 from bruno.io import atomic_write_json
 
-SOURCE = Path(__file__).resolve().parent / "_native" / "felif_kernel.c"
+PACKAGE = Path(__file__).resolve().parent
+SOURCE = PACKAGE / "_native" / "felif_kernel.c"
+# The Python reference the kernel must agree with (its self-test and the equivalence tests): a
+# change to these files, like one to the C source, makes the built library stale.
+REFERENCE_SOURCES = (PACKAGE / "felif.py", PACKAGE / "fine_path.py")
 ABI_VERSION = 2  # bump when the kernel's equations change: an older library is not loaded
-BUILD_RECIPE = 2  # bump when the way the library is built changes (forces a rebuild)
+BUILD_RECIPE = 3  # bump when the way the library is built changes (forces a rebuild)
 
 # Order of the per-neuron coefficient arrays handed to the kernel (C_* enum in the C source).
 COEFFICIENTS = (
@@ -111,6 +117,7 @@ def build_dir() -> Path:
     """Where libraries and the manifest live (created on demand)."""
     override = os.environ.get("BRUNO_NATIVE_DIR")
     if override:
+        Path(override).mkdir(parents=True, exist_ok=True)
         return Path(override)
     local = SOURCE.parent / "build"
     try:
@@ -126,6 +133,48 @@ def build_dir() -> Path:
 
 def _manifest_path() -> Path:
     return build_dir() / "manifest.json"
+
+
+def _definitions() -> tuple[str, ...]:
+    """The constants the C source shares with :mod:`bruno.felif`, as compiler definitions."""
+    return (
+        f"-DBRUNO_ABI_VERSION={ABI_VERSION}",
+        f"-DBRUNO_V_CLIP={float(V_CLIP)!r}",
+        f"-DBRUNO_DECAY_CAP={float(DECAY_CAP)!r}",
+    )
+
+
+def _build_key(flags: tuple[str, ...] | list[str], compiler_version: str, cpu: str) -> str:
+    """What a library was built from: the C source, the Python reference it is tested against,
+    the shared constants, the build recipe, compiler, flags and CPU."""
+    digest = hashlib.sha256()
+    parts = (
+        SOURCE.read_bytes(),
+        *(path.read_bytes() for path in REFERENCE_SOURCES),
+        " ".join(_definitions()).encode(),
+        f"recipe {BUILD_RECIPE}".encode(),
+        compiler_version.encode(),
+        " ".join(flags).encode(),
+        cpu.encode(),
+    )
+    for part in parts:
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()[:16]
+
+
+def _current_library() -> tuple[Path, dict] | None:
+    """The manifest's library and manifest when that library was built from the current sources
+    for this CPU; None when there is none or it is stale."""
+    try:
+        manifest = json.loads(_manifest_path().read_text())
+        library = build_dir() / manifest["library"]
+        cc = _compiler()
+        if cc is None or manifest.get("abi") != ABI_VERSION or not library.exists():
+            return None
+        key = _build_key(manifest["flags"], _compiler_version(cc), _cpu_signature())
+        return (library, manifest) if manifest.get("key") == key else None
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
 
 
 def _self_test(library: Path) -> tuple[bool, str]:
@@ -166,30 +215,14 @@ def build(
     if cc is None:
         say("no C compiler found (gcc/cc/clang); the torch reference fine path will be used")
         return None
-    # The key covers the source, this build recipe (BUILD_RECIPE), compiler, flags and CPU.
-    source = SOURCE.read_bytes() + f"recipe {BUILD_RECIPE}".encode()
+    current = None if force else _current_library()
+    if current is not None and (not variants or current[1].get("variant") in variants):
+        say(f"up to date: {current[0].name} ({current[1]['variant']})")
+        return current[0]
     cpu = _cpu_signature()
     version = _compiler_version(cc)
     directory = build_dir()
     manifest_file = _manifest_path()
-    if not force and manifest_file.exists():
-        try:
-            manifest = json.loads(manifest_file.read_text())
-            library = directory / manifest["library"]
-            key = hashlib.sha256(
-                source + version.encode() + " ".join(manifest["flags"]).encode() + cpu.encode()
-            ).hexdigest()[:16]
-            wanted = not variants or manifest.get("variant") in variants
-            if (
-                manifest.get("key") == key
-                and library.exists()
-                and manifest.get("cpu") == cpu
-                and wanted
-            ):
-                say(f"up to date: {library.name} ({manifest['variant']})")
-                return library
-        except (OSError, KeyError, ValueError):
-            pass
     errors = []
     flag_sets = [(name, flags) for name, flags in _FLAG_SETS if not variants or name in variants]
     if not flag_sets:
@@ -197,8 +230,7 @@ def build(
             f"unknown variant(s) {variants}; known: {[name for name, _ in _FLAG_SETS]}"
         )
     for variant, flags in flag_sets:
-        key = hashlib.sha256(source + version.encode() + " ".join(flags).encode() + cpu.encode())
-        key = key.hexdigest()[:16]
+        key = _build_key(flags, version, cpu)
         library = directory / f"libbruno_felif-{variant}-{key}.so"
         with tempfile.TemporaryDirectory(dir=directory) as scratch:
             target = Path(scratch) / library.name
@@ -209,6 +241,7 @@ def build(
             compile_command = [
                 cc,
                 *flags,
+                *_definitions(),
                 "-fPIC",
                 "-std=gnu11",
                 "-c",
@@ -364,26 +397,23 @@ def load(build_if_missing: bool = True) -> NativeKernel | None:
         if _LOAD_TRIED:
             return _LIBRARY
         _LOAD_TRIED = True
-    library = None
-    try:
-        manifest = json.loads(_manifest_path().read_text())
-        if manifest.get("cpu") == _cpu_signature() and manifest.get("abi") == ABI_VERSION:
-            candidate = build_dir() / manifest["library"]
-            if candidate.exists():
-                library = (candidate, manifest["variant"])
-    except (OSError, KeyError, ValueError):
-        pass
+    current = _current_library()
+    library = (current[0], current[1]["variant"]) if current else None
     if library is None and build_if_missing:
-        built = build(verbose=False)
+        print(
+            "bruno.native: no kernel library built from the current sources for this CPU; "
+            "building one",
+            file=sys.stderr,
+        )
+        built = build()
         if built is not None:
-            manifest = json.loads(_manifest_path().read_text())
-            library = (built, manifest["variant"])
+            library = (built, json.loads(_manifest_path().read_text())["variant"])
         with _LOCK:
             _LOAD_TRIED = True
     if library is None:
         warnings.warn(
-            "bruno.native: fused FeLIF kernel unavailable (run `make setup` or "
-            "`python -m bruno.native build`); using the slower torch reference fine path",
+            "bruno.native: no fused FeLIF kernel built from the current sources (run `make setup` "
+            "or `python -m bruno.native build`); using the slower torch reference fine path",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -460,7 +490,11 @@ def _check_library(path: str) -> tuple[bool, str]:
     for dtype, tolerance in ((torch.float64, 1e-9), (torch.float32, 2e-4)):
         p = FeLIFParameters()
         state = fine_path.random_state((n,), p, generator, dtype)
-        current = (torch.rand(n, generator=generator, dtype=torch.float64) * 2e-9).to(dtype)
+        # the whole input range a neuron can see: sub-nA either sign, and up to +-1 uA, where the
+        # membrane is driven to the clip and across threshold within a step
+        magnitude = 10.0 ** (torch.rand(n, generator=generator, dtype=torch.float64) * 6 - 12)
+        sign = torch.where(torch.arange(n) % 3 == 0, -1.0, 1.0).to(torch.float64)
+        current = (sign * magnitude).to(dtype)
         ref, ref_held = fine_path.integrate_reference(state, current, p, 1e-6, 200)
         got, got_held = fine_path.integrate(state, current, p, 1e-6, 200, kernel=kernel)
         error = (got.v - ref.v).abs().max().item()

@@ -9,10 +9,10 @@ Schemas (written by ``calibration``; the major version must match, minor additio
   "programming_current_A", "conductance_mean_S", "conductance_std_S", "conductance_samples_S"}, x8,
   strictly increasing means], "cycle_to_cycle_read_noise_rel", "conductance_law", "provenance"}``
 
-``path=None`` means the committed preset ``calibration/presets/<device>.json`` when it exists, else
-the defaults: SPEC §3 for FeLIF, and :data:`FALLBACK_RRAM_LEVELS_S` for RRAM (clearly marked
-``provenance.source = "fallback"``) so that everything runs before calibration.
-"""
+``path=None`` means ``$BRUNO_PRESETS_DIR/<device>.json`` (an error when missing there) or else the
+committed preset ``calibration/presets/<device>.json`` when it exists, else the defaults: SPEC §3
+for FeLIF, and :data:`FALLBACK_RRAM_LEVELS_S` for RRAM (clearly marked ``provenance.source =
+"fallback"``) so that everything runs before calibration."""
 
 from __future__ import annotations
 
@@ -61,6 +61,17 @@ def presets_dir() -> Path:
 
 class PresetError(ValueError):
     """A preset file that cannot be used (wrong schema, version, device or values)."""
+
+
+def _require_if_chosen(path: Path) -> None:
+    """A preset directory the user chose ($BRUNO_PRESETS_DIR) must hold the preset: falling back
+    to defaults there would train on devices nobody calibrated without saying so."""
+    if os.environ.get("BRUNO_PRESETS_DIR"):
+        raise PresetError(
+            f"{path}: no such preset in $BRUNO_PRESETS_DIR; calibrate into that directory "
+            f"(python -m calibration calibrate {path.stem} --presets {path.parent}) or unset "
+            "BRUNO_PRESETS_DIR to use the committed presets"
+        )
 
 
 def _read(path: Path, schema: str, device: str) -> dict[str, Any]:
@@ -147,6 +158,7 @@ def load_felif_preset(path: str | Path | None = None) -> FeLIFPreset:
     if path is None:
         path = presets_dir() / "felif.json"
         if not path.exists():
+            _require_if_chosen(path)
             return FeLIFPreset(parameters=FeLIFParameters())
     path = Path(path)
     payload = _read(path, FELIF_SCHEMA, "felif")
@@ -229,6 +241,7 @@ def load_rram_preset(path: str | Path | None = None) -> RRAMPreset:
     if path is None:
         path = presets_dir() / "rram.json"
         if not path.exists():
+            _require_if_chosen(path)
             return fallback_rram_preset()
     path = Path(path)
     payload = _read(path, RRAM_SCHEMA, "rram")

@@ -1,8 +1,10 @@
-"""`python -m calibration {calibrate,validate} [felif|rram ...] [--quick]`.
+"""`python -m calibration {calibrate,validate} [felif] [rram] [--quick] [--presets D] [--reports D]`
 
-Each device module (``calibration.felif``, ``calibration.rram``) provides
-``calibrate(quick: bool) -> Path`` (writes its preset) and ``validate(quick: bool) -> bool``
-(writes ``results/validation/<device>.json``; True when every stated tolerance is met).
+Runs a stage for the named devices (default: both). Every device module has the same interface
+and default locations (:mod:`calibration`): ``calibrate`` writes ``<presets>/<device>.json``,
+``validate`` reads it and writes ``<reports>/<device>.json`` plus figures, and exits non-zero when a
+stated tolerance is missed. ``--quick`` uses fewer stimuli and devices (a smoke run) and writes
+under ``results/quick/`` by default, never over the committed presets.
 """
 
 from __future__ import annotations
@@ -10,31 +12,59 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
-DEVICES = ("felif", "rram")
+from calibration import DEVICES, CalibrationError, CalibrationLocationError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m calibration", description=__doc__.split("\n\n")[1]
+    )
+    parser.add_argument("stage", choices=("calibrate", "validate"))
+    # No `choices` here: argparse checks a list default of an nargs="*" positional against
+    # `choices` as one value and rejects a call without device names (Python 3.10-3.13).
+    parser.add_argument(
+        "devices", nargs="*", metavar="device", help=f"{' and/or '.join(DEVICES)} (default: all)"
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer stimuli / devices (smoke run)")
+    parser.add_argument(
+        "--presets",
+        type=Path,
+        help="preset directory that calibrate writes and validate reads (default: "
+        "$BRUNO_PRESETS_DIR or calibration/presets; with --quick results/quick/presets)",
+    )
+    parser.add_argument(
+        "--reports",
+        type=Path,
+        help="validation reports and figures (default results/validation; with --quick "
+        "results/quick/validation)",
+    )
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calibration", description=__doc__)
-    parser.add_argument("stage", choices=("calibrate", "validate"))
-    parser.add_argument("devices", nargs="*", choices=DEVICES, default=list(DEVICES))
-    parser.add_argument("--quick", action="store_true", help="fewer stimuli / samples (smoke run)")
+    parser = build_parser()
     args = parser.parse_args(argv)
+    unknown = [d for d in args.devices if d not in DEVICES]
+    if unknown:
+        parser.error(f"unknown device(s) {', '.join(unknown)}; choose from {', '.join(DEVICES)}")
+    devices = list(dict.fromkeys(args.devices)) or list(DEVICES)
     failed = []
-    for device in args.devices or DEVICES:
+    for device in devices:
+        module = importlib.import_module(f"calibration.{device}")
         try:
-            module = importlib.import_module(f"calibration.{device}")
-        except ModuleNotFoundError as error:
-            if error.name != f"calibration.{device}":
-                raise
-            message = f"calibration: stage '{args.stage}' for {device} is not built yet"
-            print(message, file=sys.stderr)
-            failed.append(device)
-            continue
-        stage = getattr(module, args.stage)
-        outcome = stage(quick=args.quick)
-        if args.stage == "validate" and not outcome:
-            failed.append(device)
+            if args.stage == "calibrate":
+                module.calibrate(quick=args.quick, presets_dir=args.presets)
+            elif not module.validate(
+                quick=args.quick, presets_dir=args.presets, reports_dir=args.reports
+            ):
+                failed.append(device)
+        except CalibrationLocationError as error:
+            parser.error(str(error))
+        except CalibrationError as error:
+            print(f"calibration: {args.stage} {device}: {error}", file=sys.stderr)
+            return 2
     if failed:
         print(f"calibration: {args.stage} failed for {', '.join(failed)}", file=sys.stderr)
         return 1

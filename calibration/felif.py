@@ -1,12 +1,13 @@
 """FeLIF neuron: ngspice runs of ``netlists/felif.cir``, lmfit calibration of the compact model
 (:mod:`bruno.felif`) and validation on held-out stimuli.
 
-``calibrate(quick)`` simulates the training stimuli in ngspice (DC levels across the working range
-and current pulse trains), fits the compact model's *effective* parameters with lmfit and writes
-``calibration/presets/felif.json`` (atomically, with provenance). ``validate(quick)`` compares the
-calibrated compact model against ngspice on stimuli the fit never saw (other DC levels, including
-the edges of the range, and a random spike-train input current) and writes
-``results/validation/felif.json`` plus figures; it returns False when a stated tolerance is missed.
+``calibrate`` simulates the training stimuli in ngspice (DC levels across the working range and
+current pulse trains), fits the compact model's *effective* parameters with lmfit and writes
+``felif.json`` into the preset directory (atomically, with provenance). ``validate`` compares that
+preset against ngspice on stimuli the fit never saw (other DC levels, including the edges of the
+range, and a random spike-train input current) and writes ``felif.json`` plus figures into the
+reports directory; it returns False when a stated tolerance is missed. The stages' signatures and
+default locations are those of every device module (:mod:`calibration`).
 
 The compact model is evaluated only through :func:`bruno.felif.simulate` (one batched call per
 fit iteration: every stimulus times every finite-difference parameter set is one neuron), so the
@@ -18,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
-import io
 import json
 import math
 import platform
@@ -32,12 +32,19 @@ from typing import Any
 
 import numpy as np
 
-from calibration import spice
+from bruno.io import atomic_save_figure
+from calibration import (
+    COMMITTED_PRESETS,
+    CalibrationError,
+    presets_location,
+    reports_location,
+    spice,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NETLIST = spice.NETLIST_DIR / "felif.cir"
-PRESET = Path(__file__).resolve().parent / "presets" / "felif.json"
-RESULTS = ROOT / "results" / "validation"
+PRESET_NAME = "felif.json"
+PRESET = COMMITTED_PRESETS / PRESET_NAME  # the committed preset of the shipped device
 SCHEMA = "bruno.felif-preset/1"
 
 DT = 1e-6  # s, the compact model's fine step (the trainer's)
@@ -123,15 +130,15 @@ BOLTZMANN_OVER_Q = 8.617333262e-5  # V/K
 TARGETS = {"isi_rel_error_median": 0.02, "isi_rel_error_max": 0.05, "v_nrmse": 0.05}
 
 
-class FeLIFCalibrationError(RuntimeError):
+class FeLIFCalibrationError(CalibrationError, RuntimeError):
     """A FeLIF calibration or validation step that failed; the message names the step."""
 
 
-class StimulusRangeError(ValueError):
+class StimulusRangeError(CalibrationError, ValueError):
     """A stimulus outside the calibrated working range of the compact model."""
 
 
-class PresetError(ValueError):
+class PresetError(CalibrationError, ValueError):
     """A FeLIF preset file that is missing, malformed or inconsistent."""
 
 
@@ -893,16 +900,13 @@ def _say(message: str) -> None:
 
 
 def calibrate(
-    quick: bool = False, output: str | Path | None = None, netlist: str | Path = NETLIST
+    quick: bool = False, presets_dir: str | Path | None = None, netlist: str | Path = NETLIST
 ) -> Path:
-    """Fit the compact model to ngspice on the training stimuli; write the preset (its path)."""
+    """Fit the compact model to ngspice on the training stimuli; write ``<presets_dir>/felif.json``
+    (locations: :mod:`calibration`) and return its path."""
     import lmfit
 
-    output = (
-        Path(output)
-        if output is not None
-        else (RESULTS.parent / "calibration" / "felif_quick.json" if quick else PRESET)
-    )
+    output = presets_location(quick, presets_dir, writing=True) / PRESET_NAME
     stimuli = training_stimuli(quick)
     fixed = design_parameters(netlist)
     _say(f"felif calibrate: {len(stimuli)} training stimuli through ngspice ({Path(netlist).name})")
@@ -1040,7 +1044,9 @@ def calibrate(
             "versions": _versions(),
             "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "quick": quick,
-            "command": "python -m calibration calibrate felif" + (" --quick" if quick else ""),
+            "command": "python -m calibration calibrate felif"
+            + (" --quick" if quick else "")
+            + (f" --presets {presets_dir}" if presets_dir is not None else ""),
         },
     }
     from bruno.io import atomic_write_json
@@ -1089,23 +1095,16 @@ def _nrmse(a: np.ndarray, b: np.ndarray, span: float) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2)) / span) if a.size else float("nan")
 
 
-def _save_figure(fig, path: Path) -> None:
-    from bruno.io import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def validate(
     quick: bool = False,
-    preset: str | Path | None = None,
+    presets_dir: str | Path | None = None,
+    reports_dir: str | Path | None = None,
     netlist: str | Path = NETLIST,
-    output_dir: str | Path | None = None,
 ) -> bool:
-    """Compact model (calibrated preset) vs ngspice on held-out stimuli; True if within targets."""
-    preset = Path(preset) if preset is not None else PRESET
-    output_dir = Path(output_dir) if output_dir is not None else RESULTS
+    """Compact model (``<presets_dir>/felif.json``) vs ngspice on held-out stimuli; writes
+    ``<reports_dir>/felif.json`` and figures; True if within targets."""
+    preset = presets_location(quick, presets_dir) / PRESET_NAME
+    output_dir = reports_location(quick, reports_dir)
     payload = load_preset(preset)
     parameters = {k: float(v) for k, v in payload["parameters"].items()}
     main, extra = validation_stimuli(quick)
@@ -1337,7 +1336,7 @@ def validate(
     _figures(output_dir, main, spice_traces, compact_traces, fi, parameters)
     from bruno.io import atomic_write_json
 
-    name = "felif_quick.json" if quick else "felif.json"
+    name = PRESET_NAME  # the report is named like the preset it validates
     atomic_write_json(output_dir / name, report)
     _say(
         f"felif validate: ISI rel. error median {isi_median:.4f} max {isi_max:.4f} "
@@ -1382,7 +1381,7 @@ def _figures(
     axes[2, 0].set_ylabel("polarisation P (C/m²)")
     axes[1, 0].legend(loc="lower right", fontsize=8)
     fig.suptitle("FeLIF: calibrated compact model vs ngspice (held-out stimuli)")
-    _save_figure(fig, output_dir / "felif_traces.png")
+    atomic_save_figure(fig, output_dir / "felif_traces.png")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 3.8))
@@ -1393,5 +1392,5 @@ def _figures(
     ax.set_ylabel("firing rate (Hz)")
     ax.set_title("FeLIF f-I curve (held-out levels)")
     ax.legend()
-    _save_figure(fig, output_dir / "felif_fi.png")
+    atomic_save_figure(fig, output_dir / "felif_fi.png")
     plt.close(fig)

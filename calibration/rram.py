@@ -3,16 +3,17 @@
 SPICE decks: ``netlists/rram.cir`` (1T1R programming: SET with compliance, or RESET),
 ``netlists/rram_read.cir`` (read at a small voltage), both including ``netlists/rram_cell.inc``.
 
-``calibrate(quick)`` sweeps the programming (compliance) current for the nominal cell and the
+``calibrate`` sweeps the programming (compliance) current for the nominal cell and the
 variability corners (the paper's Fig. 4a), fits a conductance-vs-programming-current law with lmfit,
 picks eight programming currents for the 3-bit states, runs a Monte-Carlo over the device-to-device
 variability (recycled worker processes, failures reported per device) and fits each state's
-distribution (Fig. 4b). It writes ``calibration/presets/rram.json`` atomically.
+distribution (Fig. 4b). It writes ``rram.json`` into the preset directory atomically.
 
-``validate(quick)`` checks the calibrated law against SPICE at programming currents the fit never
+``validate`` checks the calibrated law against SPICE at programming currents the fit never
 saw (between and beyond the fitted points) and the calibrated distributions against a fresh
-Monte-Carlo (different seed, two-sample KS per state); it writes ``results/validation/rram.json``
-and the two figures (Fig. 4a, 4b) under ``results/validation/``.
+Monte-Carlo (different seed, two-sample KS per state); it writes ``rram.json`` and the two figures
+(Fig. 4a, 4b) into the reports directory. Signatures and default locations are those of every device
+module (:mod:`calibration`).
 
 Programming protocol: each device starts in its RESET state (N_disc = its N_discmin) and gets one
 SET pulse with the compliance current; the read is at 0.2 V (SET polarity) on the cell alone.
@@ -39,13 +40,18 @@ from typing import Any
 
 import numpy as np
 
-from bruno.io import atomic_write_json
-from calibration import spice
+from bruno.io import atomic_save_figure, atomic_write_json
+from calibration import (
+    COMMITTED_PRESETS,
+    CalibrationError,
+    presets_location,
+    reports_location,
+    spice,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-PRESET_PATH = Path(__file__).resolve().parent / "presets" / "rram.json"
-RESULTS_CALIBRATION = ROOT / "results" / "calibration"
-RESULTS_VALIDATION = ROOT / "results" / "validation"
+PRESET_NAME = "rram.json"
+PRESET_PATH = COMMITTED_PRESETS / PRESET_NAME  # the committed preset of the shipped device
 NETLIST = "rram.cir"
 READ_NETLIST = "rram_read.cir"
 SCHEMA = "bruno.rram-preset/1"
@@ -83,7 +89,7 @@ TOL_LEVEL_REL_ERROR = 0.03
 SEPARATION_SIGMAS = 3.0
 
 
-class RRAMError(ValueError):
+class RRAMError(CalibrationError, ValueError):
     """A request the RRAM calibration cannot honour (bad input, a failed sweep)."""
 
 
@@ -528,6 +534,12 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _display(path: Path) -> str:
+    """A path as a report names it: relative to the repository when inside it."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
@@ -555,12 +567,10 @@ def _curve(rows: Sequence[Mapping[str, float] | None]) -> list[float | None]:
     return [None if r is None else float(r["g_read_S"]) for r in rows]
 
 
-def calibrate(quick: bool = False) -> Path:
-    """Sweep, fit, pick the 3-bit levels, Monte-Carlo them; write the preset (atomic JSON).
-
-    ``quick`` (smoke run) uses fewer sweep points and devices and writes
-    ``results/calibration/rram.quick.json`` instead of the committed preset.
-    """
+def calibrate(quick: bool = False, presets_dir: str | Path | None = None) -> Path:
+    """Sweep, fit, pick the 3-bit levels, Monte-Carlo them; write ``<presets_dir>/rram.json``
+    (atomic JSON) and return its path. ``quick`` (smoke run): fewer sweep points and devices."""
+    target = presets_location(quick, presets_dir, writing=True) / PRESET_NAME
     started = time.time()
     devices_per_state = 12 if quick else 100
     fit_currents = FIT_CURRENTS[::2] if quick else FIT_CURRENTS
@@ -658,14 +668,15 @@ def calibrate(quick: bool = False) -> Path:
             "created_utc": _now(),
             "quick": quick,
             "wall_time_s": round(time.time() - started, 1),
-            "command": "python -m calibration calibrate rram" + (" --quick" if quick else ""),
+            "command": "python -m calibration calibrate rram"
+            + (" --quick" if quick else "")
+            + (f" --presets {presets_dir}" if presets_dir is not None else ""),
         },
     }
     # the nominal device at each level current (a reference for Fig. 4b)
     nominal_rows, _ = run_jobs([{"i_prog": i, "device": {}} for i in currents])
     for level, row in zip(levels, nominal_rows, strict=True):
         level["nominal_device_conductance_S"] = None if row is None else float(row["g_read_S"])
-    target = RESULTS_CALIBRATION / "rram.quick.json" if quick else PRESET_PATH
     atomic_write_json(target, payload)
     print(
         f"rram calibrate: wrote {target} in {time.time() - started:.0f} s; levels (uS): "
@@ -695,13 +706,18 @@ def ks_critical(n: int, m: int, alpha: float = 0.01) -> float:
     return c * math.sqrt((n + m) / (n * m))
 
 
-def validate(quick: bool = False) -> bool:
-    """Held-out programming currents and a fresh Monte-Carlo against the calibrated preset."""
+def validate(
+    quick: bool = False,
+    presets_dir: str | Path | None = None,
+    reports_dir: str | Path | None = None,
+) -> bool:
+    """Held-out programming currents and a fresh Monte-Carlo against ``<presets_dir>/rram.json``;
+    writes ``<reports_dir>/rram.json`` and figures; True when within tolerance."""
     from scipy.stats import ks_2samp, norm
 
     started = time.time()
-    quick_preset = RESULTS_CALIBRATION / "rram.quick.json"
-    preset_path = quick_preset if quick and quick_preset.exists() else PRESET_PATH
+    preset_path = presets_location(quick, presets_dir) / PRESET_NAME
+    output_dir = reports_location(quick, reports_dir)
     preset = load_preset(preset_path)
     law_fn = law_from_payload(preset["conductance_law"])
     fitted = set(round(i, 12) for i in preset["conductance_law"]["fit_currents_A"])
@@ -804,7 +820,7 @@ def validate(quick: bool = False) -> bool:
         and all(b > a for a, b in zip(means, means[1:], strict=False))
         and lost <= 0.01 * total_runs
     )
-    figures = _figures(preset, rows, states)
+    figures = _figures(preset, rows, states, output_dir)
     report = {
         "device": "rram",
         "passed": passed,
@@ -842,12 +858,11 @@ def validate(quick: bool = False) -> bool:
         else "all adjacent states separated by more than the target",
         "failures": {"held_out_sweep": law_failures, "monte_carlo": mc_failures},
         "figures": figures,
-        "preset": str(preset_path.relative_to(ROOT)),
+        "preset": _display(preset_path),
         "preset_created_utc": preset["provenance"]["created_utc"],
         "wall_time_s": round(time.time() - started, 1),
     }
-    RESULTS_VALIDATION.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS_VALIDATION / "rram.json", report)
+    atomic_write_json(output_dir / PRESET_NAME, report)  # named like the preset it validates
     print(
         f"rram validate: {'PASSED' if passed else 'FAILED'}; held-out conductance error max "
         f"{law_error_max:.2%} (tol {TOL_LEVEL_REL_ERROR:.0%}); KS max {ks_max:.3f}; separations "
@@ -863,13 +878,14 @@ def _figures(
     preset: Mapping[str, Any],
     rows: Sequence[Mapping[str, Any]],
     states: Sequence[Mapping[str, Any]],
+    output_dir: Path,
 ) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    RESULTS_VALIDATION.mkdir(parents=True, exist_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
     law_fn = law_from_payload(preset["conductance_law"])
     sweep_data = preset["sweep"]
     currents = np.asarray(sweep_data["currents_A"])
@@ -906,9 +922,8 @@ def _figures(
     ax.set_title("1T1R JART VCM v1b: conductance vs programming current")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    path_a = RESULTS_VALIDATION / "rram_fig4a_conductance_vs_current.png"
-    fig.savefig(path_a, dpi=130)
-    plt.close(fig)
+    path_a = output_dir / "rram_fig4a_conductance_vs_current.png"
+    atomic_save_figure(fig, path_a, dpi=130)
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     all_g = np.concatenate([np.asarray(lv["conductance_samples_S"]) for lv in preset["levels"]])
@@ -934,7 +949,6 @@ def _figures(
     ax.set_title("3-bit states: Monte-Carlo (filled) vs held-out devices (outline)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    path_b = RESULTS_VALIDATION / "rram_fig4b_level_distributions.png"
-    fig.savefig(path_b, dpi=130)
-    plt.close(fig)
-    return [str(p.relative_to(ROOT)) for p in (path_a, path_b)]
+    path_b = output_dir / "rram_fig4b_level_distributions.png"
+    atomic_save_figure(fig, path_b, dpi=130)
+    return [p.name for p in (path_a, path_b)]

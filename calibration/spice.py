@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from calibration import CalibrationError
+
 NETLIST_DIR = Path(__file__).resolve().parent.parent / "netlists"
 
 _ANALYSIS_LINE = re.compile(r"^\s*\.(tran|dc|op|ac|noise)\b", re.IGNORECASE)
@@ -41,7 +43,7 @@ _FATAL_MESSAGES = (
 )
 
 
-class SpiceError(RuntimeError):
+class SpiceError(CalibrationError, RuntimeError):
     """A SPICE run that could not be set up or did not produce a trustworthy result."""
 
 
@@ -151,9 +153,7 @@ def _inline_includes(deck: str, base: Path) -> str:
             if not included.exists():
                 raise SpiceError(f"{line.strip()!r}: {included} does not exist")
             body = _inline_includes(included.read_text(), included.parent)
-            lines.extend(
-                ln for ln in body.splitlines() if ln.strip().lower() not in (".end",)
-            )
+            lines.extend(ln for ln in body.splitlines() if ln.strip().lower() not in (".end",))
         else:
             lines.append(line)
     return "\n".join(lines) + "\n"
@@ -286,8 +286,15 @@ def _release_previous_run(ng: Any) -> None:
 
 def _parse_spice_number(text: str) -> float:
     suffixes = {
-        "f": 1e-15, "p": 1e-12, "n": 1e-9, "u": 1e-6, "m": 1e-3,
-        "k": 1e3, "meg": 1e6, "g": 1e9, "t": 1e12,
+        "f": 1e-15,
+        "p": 1e-12,
+        "n": 1e-9,
+        "u": 1e-6,
+        "m": 1e-3,
+        "k": 1e3,
+        "meg": 1e6,
+        "g": 1e9,
+        "t": 1e12,
     }
     match = re.fullmatch(r"([-+]?[\d.]+(?:e[-+]?\d+)?)([a-z]*)", text.strip().lower())
     if not match:

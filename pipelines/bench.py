@@ -36,6 +36,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bruno.io import atomic_save_figure
+
 RESULTS_DIR = Path("results/bench")
 METHODS = ("bptt", "checkpoint", "bruno", "coarse")
 INPUT_FEATURES = 512
@@ -278,8 +280,7 @@ def _figures(records: list[dict], out_dir: Path) -> list[str]:
             axes.legend()
             fig.tight_layout()
             path = out_dir / f"{quantity.split('_')[0]}_vs_{axis_name}.png"
-            fig.savefig(path, dpi=120)
-            plt.close(fig)
+            atomic_save_figure(fig, path)
             written.append(str(path))
     return written
 
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(BenchConfig(**json.loads(args.worker)))))
         return 0
     if args.quick:
-        args.hidden, args.steps, args.fine_steps, args.scaling_n = [16], [2, 4], [50], [10, 50]
+        args.hidden, args.steps, args.fine_steps, args.scaling_n = [16], [2, 4], [50], []
         args.repeats, args.throughput_neurons = 1, [150, 3000]
 
     from tqdm.auto import tqdm
@@ -402,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     for row in payload["ratios"]:
         print(json.dumps(row))
     print(f"bench: wrote {args.out / 'bench.json'}")
+    failed = [r for r in records if "error" in r]
+    if failed:
+        print(f"bench: {len(failed)} configuration(s) failed (see 'error' in bench.json)")
+        return 1
     return 0
 
 

@@ -164,3 +164,24 @@ def build(config: dict, seed: int) -> nn.Module:
     if config["task"] == "jsb":
         return JSBLSTM(model, seed) if model["kind"] == "lstm" else JSBSpiking(model, seed)
     return BrailleSpiking(model, seed)
+
+
+def presets_used(config: dict) -> dict[str, str]:
+    """The preset file behind each device of the network ({"felif": path, "rram": path}), as the
+    layers load them: a run records what it was trained on."""
+    from bruno import presets
+
+    model = config["model"]
+    out = {}
+    neurons = {model["neuron"], model.get("output_neuron")}
+    if model["kind"] == "spiking" and "felif" in neurons:
+        choice = model["felif_parameters"]
+        out["felif"] = (
+            "paper defaults"
+            if choice == "paper"
+            else presets.load_felif_preset(None if choice == "calibrated" else Path(choice)).source
+        )
+    if model["kind"] == "spiking" and model["synapse"]["precision"] == "rram":
+        preset = model["synapse"]["rram_preset"]
+        out["rram"] = presets.load_rram_preset(Path(preset) if preset else None).source
+    return out

@@ -18,6 +18,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from bruno.io import atomic_save_figure, atomic_write_text
+
 TRAIN_DIR = Path("results/train")
 REPORT_DIR = Path("results/report")
 
@@ -243,8 +245,7 @@ def _figure(path: Path, group: str, entries: list[dict]) -> None:
         axes[1].legend(fontsize=7)
     fig.suptitle(group)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    atomic_save_figure(fig, path, dpi=110)
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -292,12 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(out, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-        (args.out / f"{group}.csv").write_text(out.getvalue())
+        atomic_write_text(args.out / f"{group}.csv", out.getvalue())
         if not args.no_figures:
             _figure(args.out / f"{group}.png", group, entries)
             parts += ["", f"![{group}]({group}.png)"]
     text = "\n".join(parts) + "\n"
-    (args.out / "report.md").write_text(text)
+    atomic_write_text(args.out / "report.md", text)
     print(text)
     print(f"report: wrote {args.out / 'report.md'}")
     return 0

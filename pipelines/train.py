@@ -299,12 +299,9 @@ def plot_curves(path: Path, history: list[dict], title: str, select_key: str) ->
     axes[1].set_ylabel(second.replace("_", " "))
     fig.suptitle(title)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    from bruno.io import atomic_write_bytes
+    from bruno.io import atomic_save_figure
 
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_save_figure(fig, path, dpi=110)
 
 
 def peak_rss_mb() -> float:
@@ -594,6 +591,7 @@ def run_one(config: dict, seed: int, run_dir: Path, dist: Dist, fresh=False, pro
         "world_size": dist.world,
         "device": str(dist.device),
         "stopped_early": stopped,
+        "presets": models.presets_used(config),
         **final,
     }
     if dist.device.type == "cuda":

@@ -23,5 +23,5 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 # torch==2.13.0 is pinned in pyproject.toml; on these machines it resolves to the CPU build.
-"$venv/bin/python" -m pip install -q -e .
+"$venv/bin/python" -m pip install -q -e ".[dev]"  # the package plus the test/lint tools
 echo "setup: ok ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -26,8 +26,14 @@ def test_failed_configuration_is_reported_not_hidden():
 
 def _record(method, steps, memory, seconds):
     return {
-        "method": method, "H": 64, "T": steps, "n": 1000, "batch": 1,
-        "peak_memory_bytes": memory, "step_time_s": seconds, "extrapolated": False,
+        "method": method,
+        "H": 64,
+        "T": steps,
+        "n": 1000,
+        "batch": 1,
+        "peak_memory_bytes": memory,
+        "step_time_s": seconds,
+        "extrapolated": False,
     }
 
 

@@ -44,9 +44,19 @@ def test_felif_preset_subset_and_defaults(tmp_path):
 
 
 def test_default_loader_without_committed_preset(tmp_path, monkeypatch):
-    monkeypatch.setenv("BRUNO_PRESETS_DIR", str(tmp_path))
+    monkeypatch.delenv("BRUNO_PRESETS_DIR", raising=False)
+    monkeypatch.setattr(presets, "presets_dir", lambda: tmp_path)
     assert presets.load_felif_parameters() == FeLIFParameters()
     assert presets.load_rram_preset().provenance["source"] == "fallback"
+
+
+def test_chosen_presets_dir_is_used_and_must_hold_the_preset(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRUNO_PRESETS_DIR", str(tmp_path))
+    # a directory the user chose and that lacks a preset is an error, not a silent fallback
+    with pytest.raises(presets.PresetError, match="calibrate felif --presets"):
+        presets.load_felif_parameters()
+    with pytest.raises(presets.PresetError, match="calibrate rram --presets"):
+        presets.load_rram_preset()
     (tmp_path / "felif.json").write_text(json.dumps(_felif_payload()))
     assert presets.load_felif_parameters().activation_field == 1.3e9
 

@@ -188,3 +188,60 @@ def test_without_kernel_the_reference_path_is_used(monkeypatch):
     got, _ = fine_path.integrate(state, current, p, 1e-6, 50)
     ref, _ = fine_path.integrate_reference(state, current, p, 1e-6, 50)
     assert torch.equal(got.v, ref.v)
+
+
+def _private_kernel_source(tmp_path, monkeypatch):
+    """A copy of the kernel source and a private build directory, as if the user edited theirs."""
+    source = tmp_path / "felif_kernel.c"
+    source.write_text(native.SOURCE.read_text())
+    monkeypatch.setattr(native, "SOURCE", source)
+    monkeypatch.setenv("BRUNO_NATIVE_DIR", str(tmp_path / "build"))
+    monkeypatch.setattr(native, "_LIBRARY", None)
+    monkeypatch.setattr(native, "_LOAD_TRIED", False)
+    return source
+
+
+def test_an_edited_kernel_source_is_rebuilt_never_loaded_stale(kernel, tmp_path, monkeypatch):
+    source = _private_kernel_source(tmp_path, monkeypatch)
+    first = native.build(verbose=False, variants=("generic-serial",))
+    assert native._current_library()[0] == first
+    # a harmless edit: the old library is stale, a rebuild gives a new one that loads
+    source.write_text(source.read_text() + "\n/* edited */\n")
+    assert native._current_library() is None
+    second = native.build(verbose=False, variants=("generic-serial",))
+    assert second is not None and second != first and not first.exists()
+    assert native.load().path == second
+    # an edit that breaks the kernel (it clips the membrane at half of bruno.felif.V_CLIP): the
+    # rebuild's self-test against the Python reference refuses it, and the stale library that
+    # is still on disk is not loaded either
+    source.write_text(
+        source.read_text().replace(
+            "#define V_CLIP BRUNO_V_CLIP", "#define V_CLIP (0.5 * BRUNO_V_CLIP)"
+        )
+    )
+    assert native._current_library() is None
+    assert native.build(verbose=False, variants=("generic-serial",)) is None
+    monkeypatch.setattr(native, "_LOAD_TRIED", False)
+    with pytest.warns(RuntimeWarning, match="no fused FeLIF kernel built from the current"):
+        assert native.load(build_if_missing=False) is None
+
+
+def test_the_build_key_covers_the_python_reference(kernel, tmp_path, monkeypatch):
+    _private_kernel_source(tmp_path, monkeypatch)
+    assert native.build(verbose=False, variants=("generic-serial",)) is not None
+    reference = tmp_path / "felif.py"
+    reference.write_text(native.REFERENCE_SOURCES[0].read_text() + "\n# edited\n")
+    monkeypatch.setattr(native, "REFERENCE_SOURCES", (reference, *native.REFERENCE_SOURCES[1:]))
+    assert native._current_library() is None
+
+
+def test_native_cli(kernel, capsys):
+    import json
+
+    assert native.main(["build"]) == 0
+    assert native.main(["info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["available"] and info["library"] == str(kernel.path)
+    assert native.main(["bench", "--neurons", "150", "--steps", "20", "--repeats", "1"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all(row["neurons"] == 150 for row in rows)

@@ -36,9 +36,9 @@ def test_missing_ngspice_names_the_library(monkeypatch):
 
 def test_calibrate_without_ngspice_writes_nothing(monkeypatch, tmp_path):
     monkeypatch.setenv("NGSPICE_LIBRARY_PATH", "/nonexistent/libngspice.so")
-    output = tmp_path / "felif.json"
+    output = tmp_path / F.PRESET_NAME
     with pytest.raises(F.FeLIFCalibrationError, match="ngspice failed"):
-        F.calibrate(quick=True, output=output)
+        F.calibrate(quick=True, presets_dir=tmp_path)
     assert not output.exists() and not list(tmp_path.iterdir())
 
 
@@ -110,16 +110,17 @@ def _good_preset() -> dict:
     ],
 )
 def test_malformed_preset_names_file_and_field(tmp_path, mutate, message):
-    path = tmp_path / "bad_felif.json"
+    path = tmp_path / "bad" / "felif.json"
+    path.parent.mkdir()
     payload = mutate(_good_preset())
     path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
-    with pytest.raises(F.PresetError, match="bad_felif.json") as info:
+    with pytest.raises(F.PresetError, match="bad/felif.json") as info:
         F.load_preset(path)
     assert message in str(info.value)
     # validate refuses it before running anything and writes no report
     out = tmp_path / "validation"
     with pytest.raises(F.PresetError):
-        F.validate(quick=True, preset=path, output_dir=out)
+        F.validate(quick=True, presets_dir=path.parent, reports_dir=out)
     assert not out.exists()
 
 

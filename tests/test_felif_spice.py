@@ -123,13 +123,14 @@ def test_every_device_value_is_a_param():
 
 def test_quick_calibrate_then_validate_into_a_temporary_directory(tmp_path):
     _require_ngspice()
-    preset = F.calibrate(quick=True, output=tmp_path / "felif.json")
+    preset = F.calibrate(quick=True, presets_dir=tmp_path)
+    assert preset == tmp_path / "felif.json"
     payload = F.load_preset(preset)
     assert payload["provenance"]["quick"] is True
     assert payload["provenance"]["netlist_sha256"] == F.spice.netlist_hash(F.NETLIST)
     assert payload["fit"]["n_evaluations"] >= 1
-    ok = F.validate(quick=True, preset=preset, output_dir=tmp_path / "validation")
-    report = json.loads((tmp_path / "validation" / "felif_quick.json").read_text())
+    ok = F.validate(quick=True, presets_dir=tmp_path, reports_dir=tmp_path / "validation")
+    report = json.loads((tmp_path / "validation" / "felif.json").read_text())
     for key in ("isi_rel_error_median", "isi_rel_error_max", "v_nrmse", "p_nrmse", "passed"):
         assert key in report
     assert report["passed"] is ok

@@ -11,10 +11,10 @@
  *   target = sign(E) Ps
  *   P'     = clamp(target + (P - target) exp(-rate dt), -Ps, Ps)   (exact for frozen E)
  *   I_leak = sign(v) (I0 A (exp(v / Vt) - 1) + I_dsc)        (leak_current)
- *   v'     = clamp(v + dt (gain I_in - I_leak) / C_tot - A (P' - P) / C_tot, -5, 5)
+ *   v'     = clamp(v + dt (gain I_in - I_leak) / C_tot - A (P' - P) / C_tot, -V_CLIP, V_CLIP)
  *                                                            (euler_step, charge-conserving)
  *
- * rate dt is capped at DECAY_CAP = 60 before the exp, as in euler_step: exp(-60) ~ 9e-27 is far
+ * rate dt is capped at DECAY_CAP (60) before the exp, as in euler_step: exp(-60) ~ 9e-27 is far
  * below the rounding of P (|P - target| is 0 or >= ulp(Ps)), and the cap keeps (P - target) exp(.)
  * out of the denormal range (no flush-to-zero here, see bruno/native.py).
  *
@@ -55,7 +55,15 @@ enum {
     C_COUNT
 };
 
-int bruno_felif_abi_version(void) { return 2; } /* 2: exponential P step */
+/* The constants shared with bruno/felif.py come from it: bruno/native.py passes them as -D flags
+ * (and they are part of the build key), so they are never restated here. */
+#if !defined(BRUNO_ABI_VERSION) || !defined(BRUNO_V_CLIP) || !defined(BRUNO_DECAY_CAP)
+#error "build through `python -m bruno.native build`: it defines BRUNO_ABI_VERSION, BRUNO_V_CLIP, BRUNO_DECAY_CAP"
+#endif
+#define V_CLIP BRUNO_V_CLIP       /* bruno.felif.V_CLIP */
+#define DECAY_CAP BRUNO_DECAY_CAP /* bruno.felif.DECAY_CAP */
+
+int bruno_felif_abi_version(void) { return BRUNO_ABI_VERSION; }
 int bruno_felif_coefficient_count(void) { return C_COUNT; }
 int bruno_felif_has_openmp(void) {
 #ifdef _OPENMP
@@ -65,8 +73,6 @@ int bruno_felif_has_openmp(void) {
 #endif
 }
 
-#define V_CLIP 5.0
-#define DECAY_CAP 60.0 /* bruno.felif.DECAY_CAP */
 
 /* float32 exp/log: branch-free Cephes-style polynomials (about 1 ulp on the ranges used here),
  * inlined so that the SIMD loop keeps its registers instead of calling libmvec four times per
