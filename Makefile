@@ -14,8 +14,8 @@ JOBS ?= $(shell nproc)
 ARGS ?=
 # Scratch directory of `make smoke` (its presets, reports, runs); removed by `make clean`.
 SMOKE_DIR ?= results/smoke
-# The fused kernel's build directory (bruno/native.py: $BRUNO_NATIVE_DIR or bruno/_native/build).
-NATIVE_BUILD ?= $(or $(BRUNO_NATIVE_DIR),bruno/_native/build)
+# The fused kernel's build directory (bruno/kernels/build.py: $BRUNO_NATIVE_DIR or bruno/kernels/build).
+NATIVE_BUILD ?= $(or $(BRUNO_NATIVE_DIR),bruno/kernels/build)
 # The fused kernel shares torch's OpenMP runtime; spinning idle threads cost more than they save
 # on small, busy machines (measured: BRUNO training steps 2x faster with PASSIVE on 2 loaded cores).
 export OMP_WAIT_POLICY ?= PASSIVE
@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	touch $(STAMP)
 
 native: $(STAMP)  ## build the fused fine-path kernel for this CPU (portable fallback if it fails)
-	$(PY) -m bruno.native build
+	$(PY) -m bruno.kernels build
 
 test: setup  ## the test suite (fast; real data from BRUNO_DATA_DIR)
 	$(PY) -m pytest -q $(ARGS)

@@ -10,7 +10,7 @@ The input is a DC ``--current`` (A) or a piecewise-constant ``--input`` CSV of `
 rows (the current holds from each time until the next; before the first time it is 0; a header
 line is optional). FeLIF parameters: ``--defaults`` (SPEC §3), ``--params FILE`` (a
 ``bruno.felif-preset/1`` file), or, with neither, the committed calibrated preset when present.
-FeLIF resets at the fine step that crosses threshold (the device view, bruno.felif.simulate).
+FeLIF resets at the fine step that crosses threshold (the device view, bruno.device.simulate).
 LIF (bruno.lif) is driven by ``x = I / --current-scale`` (default 1 nA: threshold 1 = 1 nA DC).
 ``--traces FILE`` writes ``time_s,v_V,P_C_per_m2`` (LIF: ``time_s,v,syn``) every
 ``--record-every`` fine steps. The output JSON has ``spike_times_s`` and summary statistics.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from bruno import felif, presets
+from bruno import device, felif, presets
 from bruno.io import atomic_write_text
 from bruno.lif import LIFParameters, simulate_scalar
 
@@ -130,7 +130,7 @@ def simulate_command(args: argparse.Namespace) -> dict:
         else:
             preset = presets.load_felif_preset(args.params)
             parameters, origin = preset.parameters, preset.source
-        trace = felif.simulate(current.reshape(steps, 1), parameters, args.dt, args.record_every)
+        trace = device.simulate(current.reshape(steps, 1), parameters, args.dt, args.record_every)
         result["parameters"] = origin
         result.update(_summary(trace.spike_times[0], steps * args.dt))
         if args.traces:

@@ -4,13 +4,15 @@ Each algorithm advances one *coarse* step of ``coarse_dt`` with the input curren
 (already reset) state ``(v_k, P_k)``, and returns ``(v_{k+1}, P_{k+1})`` before the spike test and
 reset (the layer does those, identically for all algorithms):
 
-``bruno``       fine path without autograd (``fine_steps`` steps of ``coarse_dt / fine_steps``, the
-                fused kernel on CPU) + one coarse step of ``coarse_dt`` with autograd, combined as
-                ``fine + (coarse - stopgrad(coarse))``: the values are the fine values exactly, the
+``bruno``       :func:`bruno_step`: fine path without autograd (``fine_steps`` steps of
+                ``coarse_dt / fine_steps``, :mod:`bruno.kernels`) + one coarse step of
+                ``coarse_dt`` with autograd, joined by :func:`combine`
+                (``x_c + stopgrad(x_f - x_c)``): the values are the fine values exactly, the
                 gradients those of the single coarse step. Only per-coarse-step tensors are saved.
-                ``coarse_gradient`` picks the coarse step whose Jacobian is used:
-                ``"implicit"`` (default) a linearly implicit Euler step, Jacobian
-                ``(1 - dt J)^-1`` given analytically (J by autograd of bruno.felif.derivatives);
+                ``coarse_gradient`` picks the coarse step (:data:`COARSE_STEPS`):
+                ``"implicit"`` (default) :func:`implicit_coarse_step`, a linearly implicit Euler
+                step with the Jacobian ``(1 - dt J)^-1`` given analytically (J by autograd of
+                bruno.felif.derivatives);
                 ``"euler"`` autograd through :func:`bruno.felif.euler_step` at ``coarse_dt``, the
                 SPEC's literal form. That step integrates P exponentially at frozen field
                 (dP'/dP = exp(-dt*rate) in (0, 1]), but at dt = 1 ms its sensitivity to the field,
@@ -20,7 +22,7 @@ reset (the layer does those, identically for all algorithms):
                 BPTT); the implicit one is bounded (det(1 - dt J) >= 1) and has cosine ~0.85 with
                 BPTT's exact gradient there. With ``fine_steps = 1``, ``"euler"`` reproduces
                 BPTT's gradients exactly (a required identity, tested).
-``bptt``        autograd through every fine step (:func:`bruno.fine_path.hold_step`).
+``bptt``        autograd through every fine step (:func:`bruno.felif.hold_step`).
 ``checkpoint``  the same graph as ``bptt`` per coarse step, recomputed in backward
                 (``torch.utils.checkpoint``, reentrant: the forward keeps no per-fine-step
                 autograd nodes, whose overhead dominates memory for layers of a few hundred
@@ -28,7 +30,7 @@ reset (the layer does those, identically for all algorithms):
 ``coarse``      one :func:`bruno.felif.euler_step` of ``coarse_dt`` only (values *and* gradients
                 coarse).
 
-Inside a coarse step a neuron that crosses threshold holds its state (see bruno.fine_path).
+Inside a coarse step a neuron that crosses threshold holds its state (bruno.felif.hold_step).
 The coarse step uses bruno/felif.py's functions only (the equations live there), clamps included
 for ``"euler"``; on the stiff switching law coarse values can be far from the fine ones, which is
 why only its gradient is used. The ``coarse`` algorithm is that step in values and gradients.
@@ -42,8 +44,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from bruno import fine_path
-from bruno.felif import FeLIFParameters, FeLIFState, derivatives, euler_step
+from bruno import kernels
+from bruno.felif import FeLIFParameters, FeLIFState, derivatives, euler_step, hold_step
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class CoarseStepContext:
 
     fine_steps: int
     coarse_dt: float
-    fine_backend: str = "auto"  # "auto" (fused kernel where it applies) or "reference"
+    fine_backend: str = "auto"  # bruno.kernels.BACKENDS: "auto", "native" or "torch"
     coefficients: torch.Tensor | None = None  # packed kernel coefficients (cache), optional
     coarse_gradient: str = "implicit"  # bruno's backward: "implicit" or "euler" (see module doc)
 
@@ -68,19 +70,15 @@ def _fine_values(
     state: FeLIFState, current: torch.Tensor, p: FeLIFParameters, ctx: CoarseStepContext
 ):
     detached = FeLIFState(state.v.detach(), state.polarization.detach())
-    if ctx.fine_backend == "reference":
-        new, _ = fine_path.integrate_reference(
-            detached, current.detach(), p, ctx.fine_dt, ctx.fine_steps
-        )
-    else:
-        new, _ = fine_path.integrate(
-            detached,
-            current.detach(),
-            p,
-            ctx.fine_dt,
-            ctx.fine_steps,
-            coefficients=ctx.coefficients,
-        )
+    new, _ = kernels.integrate(
+        detached,
+        current.detach(),
+        p,
+        ctx.fine_dt,
+        ctx.fine_steps,
+        backend=ctx.fine_backend,
+        coefficients=ctx.coefficients,
+    )
     return new
 
 
@@ -89,9 +87,9 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
 
 
 def _jacobian(state: FeLIFState, current: torch.Tensor, p: FeLIFParameters):
-    """Per-neuron entries of J = d(dv/dt, dP/dt)/d(v, P) and d(dv/dt)/dI, by autograd of
-    :func:`bruno.felif.derivatives` (the equations are not restated). Every neuron is independent,
-    so the gradient of a sum gives the diagonal entries."""
+    """Per-neuron ``f = (dv/dt, dP/dt)``, the entries of ``J = df/d(v, P)`` and ``d(dv/dt)/dI``,
+    by autograd of :func:`bruno.felif.derivatives` (the equations are not restated). Every neuron
+    is independent, so the gradient of a sum gives the diagonal entries."""
     with torch.enable_grad():
         v = state.v.detach().requires_grad_(True)
         pol = state.polarization.detach().requires_grad_(True)
@@ -99,29 +97,31 @@ def _jacobian(state: FeLIFState, current: torch.Tensor, p: FeLIFParameters):
         dv, dpol = derivatives(FeLIFState(v, pol), i, p)
         j_vv, j_vp, j_vi = torch.autograd.grad(dv.sum(), (v, pol, i), retain_graph=True)
         j_pv, j_pp = torch.autograd.grad(dpol.sum(), (v, pol))
-    return j_vv, j_vp, j_vi, j_pv, j_pp
+    return (dv.detach(), dpol.detach()), (j_vv, j_vp, j_vi, j_pv, j_pp)
 
 
-class _ImplicitCoarseGradient(torch.autograd.Function):
-    """Identity on the fine values; backward through a linearly implicit Euler step of coarse_dt.
+class _LinearlyImplicitStep(torch.autograd.Function):
+    """``y1 = y0 + (1 - dt J)^-1 dt f(y0, I)`` per neuron (2x2), with the Jacobians of the frozen-J
+    step, ``dy1/dy0 = (1 - dt J)^-1`` and ``dy1/dI = (1 - dt J)^-1 dt df/dI``, given analytically.
 
-    The step ``y1 = y0 + dt f(y0, I) + dt J (y1 - y0)`` has the Jacobians
-    ``dy1/dy0 = (1 - dt J)^-1`` and ``dy1/dI = (1 - dt J)^-1 dt df/dI`` (per neuron, 2x2),
-    applied analytically in backward. On the stiff switching law ``J`` has one eigenvalue near 0
-    (charge C v + A P is conserved by switching) and one large negative one, so ``1 - dt J`` is
-    well conditioned (det >= 1). The explicit linearisation ``1 + dt J`` has an eigenvalue of
-    about ``1 - dt |lambda|`` (~ -1e3 at 1 ms); autograd through one 1 ms
-    :func:`bruno.felif.euler_step` (exponential in P) avoids that one but not the large field
-    sensitivity of the rate, and its gradients through time explode as well (module docstring).
+    On the stiff switching law ``J`` has one eigenvalue near 0 (charge C v + A P is conserved by
+    switching) and one large negative one, so ``1 - dt J`` is well conditioned (det >= 1). The
+    explicit linearisation ``1 + dt J`` has an eigenvalue of about ``1 - dt |lambda|`` (~ -1e3 at
+    1 ms); autograd through one 1 ms :func:`bruno.felif.euler_step` (exponential in P) avoids that
+    one but not the large field sensitivity of the rate, and its gradients through time explode
+    as well (module docstring).
     """
 
     @staticmethod
-    def forward(ctx, v, pol, current, v_fine, pol_fine, p, dt):
-        j_vv, j_vp, j_vi, j_pv, j_pp = _jacobian(FeLIFState(v, pol), current, p)
-        ctx.save_for_backward(j_vv, j_vp, j_vi, j_pv, j_pp)
+    def forward(ctx, v, pol, current, p, dt):
+        (f_v, f_p), jac = _jacobian(FeLIFState(v, pol), current, p)
+        j_vv, j_vp, _, j_pv, j_pp = jac
+        a, b, c, d = 1 - dt * j_vv, -dt * j_vp, -dt * j_pv, 1 - dt * j_pp
+        det = a * d - b * c
+        ctx.save_for_backward(*jac)
         ctx.dt = dt
         ctx.current_shape = current.shape
-        return v_fine.clone(), pol_fine.clone()
+        return v + dt * (d * f_v - b * f_p) / det, pol + dt * (-c * f_v + a * f_p) / det
 
     @staticmethod
     def backward(ctx, grad_v, grad_p):
@@ -135,25 +135,45 @@ class _ImplicitCoarseGradient(torch.autograd.Function):
         grad_i = dt * j_vi * w_v
         if grad_i.shape != ctx.current_shape:
             grad_i = grad_i.sum_to_size(ctx.current_shape)
-        return w_v, w_p, grad_i, None, None, None, None
+        return w_v, w_p, grad_i, None, None
+
+
+def implicit_coarse_step(
+    state: FeLIFState, current: torch.Tensor, p: FeLIFParameters, dt: float
+) -> FeLIFState:
+    """One linearly implicit Euler step of ``dt`` whose backward is given analytically
+    (:class:`_LinearlyImplicitStep`): BRUNO's default coarse gradient."""
+    return FeLIFState(*_LinearlyImplicitStep.apply(state.v, state.polarization, current, p, dt))
+
+
+#: The coarse steps whose gradient BRUNO can use (``coarse_gradient``; module docstring).
+COARSE_STEPS: dict[str, Callable[[FeLIFState, torch.Tensor, FeLIFParameters, float], FeLIFState]]
+COARSE_STEPS = {"implicit": implicit_coarse_step, "euler": euler_step}
+COARSE_GRADIENTS = tuple(COARSE_STEPS)
+
+
+def combine(fine: FeLIFState, coarse: FeLIFState) -> FeLIFState:
+    """BRUNO's combine (SPEC §4): ``x_{k+1} = x_c + stopgrad(x_f - x_c)`` for x = v, P — the fine
+    path's values with the coarse step's gradient. Computed as ``x_f + (x_c - stopgrad(x_c))`` so
+    that the values equal the fine ones exactly (``x_c - x_c == 0`` in floating point)."""
+    return FeLIFState(
+        fine.v + (coarse.v - coarse.v.detach()),
+        fine.polarization + (coarse.polarization - coarse.polarization.detach()),
+    )
 
 
 def bruno_step(
     state: FeLIFState, current: torch.Tensor, p: FeLIFParameters, ctx: CoarseStepContext
 ) -> FeLIFState:
+    """One BRUNO coarse step from ``(v_k, P_k)``: the fine path (``fine_steps`` steps of
+    ``coarse_dt / fine_steps``, no autograd), one coarse step of ``coarse_dt`` with autograd
+    (``COARSE_STEPS[coarse_gradient]``), and :func:`combine`. Memory per coarse step is that of
+    one coarse step, whatever ``fine_steps``."""
     fine = _fine_values(state, current, p, ctx)
     if not _needs_grad(state.v, state.polarization, current):
         return fine
-    if ctx.coarse_gradient == "implicit":
-        v, polarization = _ImplicitCoarseGradient.apply(
-            state.v, state.polarization, current, fine.v, fine.polarization, p, ctx.coarse_dt
-        )
-        return FeLIFState(v, polarization)
-    coarse = euler_step(state, current, p, ctx.coarse_dt)
-    # Values: fine (x - x == 0 exactly); gradients: the coarse step's.
-    v = fine.v + (coarse.v - coarse.v.detach())
-    polarization = fine.polarization + (coarse.polarization - coarse.polarization.detach())
-    return FeLIFState(v, polarization)
+    coarse = COARSE_STEPS[ctx.coarse_gradient](state, current, p, ctx.coarse_dt)
+    return combine(fine, coarse)
 
 
 def _fine_graph(
@@ -166,7 +186,7 @@ def _fine_graph(
     state = FeLIFState(v, polarization)
     held = torch.zeros(v.shape, dtype=torch.bool, device=v.device)
     for _ in range(ctx.fine_steps):
-        state, held = fine_path.hold_step(state, held, current, p, ctx.fine_dt)
+        state, held = hold_step(state, held, current, p, ctx.fine_dt)
     return state.v, state.polarization
 
 
@@ -199,8 +219,6 @@ def coarse_step(
 ) -> FeLIFState:
     return euler_step(state, current, p, ctx.coarse_dt)
 
-
-COARSE_GRADIENTS = ("implicit", "euler")
 
 ALGORITHMS: dict[str, StepFunction] = {
     "bruno": bruno_step,

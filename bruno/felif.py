@@ -6,7 +6,8 @@ nucleation-limited switching law. Units are SI throughout: volts, amperes, secon
 coulombs per square metre.
 
 Everything here is a pure function of ``(state, input_current, parameters)`` so that the fine path,
-the coarse step, calibration and the command line all evaluate the same equations.
+the coarse step, calibration and the command line all evaluate the same equations; the spike rules
+(threshold, hold, reset) are defined here once too. This module imports nothing from ``bruno``.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def euler_step(
 
         target = sign(E) Ps
         P'     = clamp(target + (P - target) exp(-min(r dt, DECAY_CAP)), -Ps, Ps)
-        v'     = clamp(v + dt (gain I_in - I_leak(v)) / C_tot - A (P' - P) / C_tot, -5, 5)
+        v'     = clamp(v + dt (gain I_in - I_leak(v)) / C_tot - A (P' - P) / C_tot, -V_CLIP, V_CLIP)
 
     i.e. the FeCAP current over the step is ``A (P' - P) / dt`` (the charge the polarisation takes
     up is taken from the membrane). Input and leak currents are explicit (forward Euler).
@@ -155,7 +156,7 @@ def euler_step(
     switching rate reaches 1e9/s, so gradients through many steps overflow); this step is stable
     for any ``dt``, with ``0 < dP'/dP = exp(-r dt) <= 1`` at frozen field, and equals explicit
     Euler to first order where ``r dt << 1``. The name is kept for compatibility: this is the one
-    reference step that the fused fine path (bruno/_native/felif_kernel.c) and the coarse step
+    reference step that the fused fine path (bruno/kernels/felif_kernel.c) and the coarse step
     agree with.
     No spike handling happens here.
     """
@@ -176,109 +177,39 @@ def euler_step(
     return FeLIFState(v=torch.clamp(new_v, -V_CLIP, V_CLIP), polarization=new_polarization)
 
 
-class FeLIFTrace(NamedTuple):
-    """A fine-resolution simulation: sampled traces and the spike times of every neuron."""
-
-    time: torch.Tensor  # (samples,) s
-    v: torch.Tensor  # (samples, *neurons) V
-    polarization: torch.Tensor  # (samples, *neurons) C/m^2
-    spike_times: list[list[float]]  # per neuron (flattened order), s
-
-
-def simulate(
-    input_current: torch.Tensor,
-    p: FeLIFParameters,
-    dt: float = 1e-6,
-    record_every: int = 1,
-    state: FeLIFState | None = None,
-) -> FeLIFTrace:
-    """Simulate neurons as a circuit would run: reset at the fine step that crosses threshold.
-
-    ``input_current`` has shape (steps, *neurons) in A, one value per fine step ``dt``. A neuron
-    whose membrane exceeds ``threshold_voltage`` records a spike at the end of that step and is
-    reset to (``reset_voltage``, -Ps). This is the device-level view used by calibration and the
-    command line; the trainers instead hold spiking neurons until the next coarse step (SPEC §3).
-    """
-    if input_current.dim() < 1:
-        raise ValueError("input_current must have a leading time axis (steps, *neurons)")
-    if not torch.isfinite(input_current).all():
-        raise ValueError("input_current contains NaN or Inf")
-    if record_every < 1:
-        raise ValueError(f"record_every must be >= 1, got {record_every}")
-    steps = input_current.shape[0]
-    shape = input_current.shape[1:]
-    dtype, device = input_current.dtype, input_current.device
-    if state is None:
-        state = initial_state(shape, p, device=device, dtype=dtype)
-    ps = torch.as_tensor(p.saturation_polarization, dtype=dtype, device=device).expand(shape)
-    reset_v = torch.as_tensor(p.reset_voltage, dtype=dtype, device=device).expand(shape)
-    threshold = torch.as_tensor(p.threshold_voltage, dtype=dtype, device=device)
-    fast = _simulate_native(input_current, p, dt, record_every, state)
-    if fast is not None:
-        return fast
-    times, vs, ps_trace = [0.0], [state.v.clone()], [state.polarization.clone()]
-    spikes: list[list[float]] = [[] for _ in range(max(1, int(torch.tensor(shape).prod())))]
-    with torch.no_grad():
-        for k in range(steps):
-            state = euler_step(state, input_current[k], p, dt)
-            fired = state.v > threshold
-            if bool(fired.any()):
-                for index in torch.nonzero(fired.reshape(-1)).flatten().tolist():
-                    spikes[index].append((k + 1) * dt)
-                state = FeLIFState(
-                    v=torch.where(fired, reset_v, state.v),
-                    polarization=torch.where(fired, -ps, state.polarization),
-                )
-            if (k + 1) % record_every == 0:
-                times.append((k + 1) * dt)
-                vs.append(state.v.clone())
-                ps_trace.append(state.polarization.clone())
-    return FeLIFTrace(
-        time=torch.tensor(times, dtype=torch.float64),
-        v=torch.stack(vs),
-        polarization=torch.stack(ps_trace),
-        spike_times=spikes,
-    )
+# ---------------------------------------------------------------------------------------------
+# Spike rules (SPEC §3), the one definition the trainers, the device simulation and the kernel's
+# reference use. A neuron spikes when its membrane exceeds V_thr. Trainers *hold* a neuron that
+# crossed for the rest of the coarse step (hold_step) and reset it at the next coarse step
+# (reset); a circuit (bruno.device.simulate) resets it at the fine step that crossed.
+# ---------------------------------------------------------------------------------------------
 
 
-def _simulate_native(
-    input_current: torch.Tensor,
+def crossed(v: torch.Tensor, p: FeLIFParameters) -> torch.Tensor:
+    """Which neurons are above threshold (bool; no gradient: it is a decision)."""
+    threshold = torch.as_tensor(p.threshold_voltage, dtype=v.dtype, device=v.device)
+    return v.detach() > threshold
+
+
+def hold_step(
+    state: FeLIFState,
+    held: torch.Tensor,
+    current: torch.Tensor,
     p: FeLIFParameters,
     dt: float,
-    record_every: int,
-    state: FeLIFState,
-) -> FeLIFTrace | None:
-    """:func:`simulate` through the fused kernel (bruno.native), or None where it does not apply.
+) -> tuple[FeLIFState, torch.Tensor]:
+    """One fine step in which neurons already ``held`` keep their state; returns (state, held)."""
+    new = euler_step(state, current, p, dt)
+    v = torch.where(held, state.v, new.v)
+    polarization = torch.where(held, state.polarization, new.polarization)
+    return FeLIFState(v, polarization), held | crossed(v, p)
 
-    Same meaning as the loop in :func:`simulate` (reset at the crossing step, spike at the end of
-    that step); results agree to float rounding (tests/test_bruno_fine_path.py).
-    """
-    if input_current.device.type != "cpu":
-        return None
-    if input_current.dtype not in (torch.float32, torch.float64):
-        return None
-    if state.v.shape != input_current.shape[1:] or state.polarization.shape != state.v.shape:
-        return None
-    from bruno import fine_path, native  # local: bruno.native imports this module
 
-    kernel = native.load()
-    if kernel is None:
-        return None
-    try:
-        v_rec, p_rec, fired = fine_path.simulate_reset(
-            input_current, p, dt, record_every, state, kernel
-        )
-    except RuntimeError:  # parameters not broadcastable to the neurons: let the loop report it
-        return None
-    shape = input_current.shape[1:]
-    spikes: list[list[float]] = [[] for _ in range(max(1, v_rec[0].numel()))]
-    for step, index in torch.nonzero(fired).tolist():
-        spikes[index].append((step + 1) * dt)
-    samples = v_rec.shape[0]
-    time = torch.arange(samples, dtype=torch.float64) * record_every * dt
-    return FeLIFTrace(
-        time=time,
-        v=v_rec.reshape(samples, *shape),
-        polarization=p_rec.reshape(samples, *shape),
-        spike_times=spikes,
+def reset(state: FeLIFState, fired: torch.Tensor, p: FeLIFParameters) -> FeLIFState:
+    """Neurons that ``fired`` go to (reset_voltage, -Ps); the others keep their state."""
+    v, polarization = state.v, state.polarization
+    reset_v = torch.as_tensor(p.reset_voltage, dtype=v.dtype, device=v.device)
+    ps = torch.as_tensor(p.saturation_polarization, dtype=v.dtype, device=v.device)
+    return FeLIFState(
+        v=torch.where(fired, reset_v, v), polarization=torch.where(fired, -ps, polarization)
     )

@@ -15,8 +15,9 @@ import math
 import torch
 from torch import nn
 
-from bruno import algorithms, native, presets
-from bruno.felif import FeLIFParameters, FeLIFState, initial_state
+from bruno import algorithms, kernels, presets
+from bruno.felif import FeLIFParameters, FeLIFState, crossed, initial_state, reset
+from bruno.kernels import ffi
 from bruno.lif import LIFParameters, LIFState, lif_step
 from bruno.surrogate import FELIF_SLOPE_PER_VOLT, LIF_SLOPE, spike
 from bruno.synapses import SynapticLinear
@@ -55,7 +56,9 @@ class FeLIFLayer(nn.Module):
     coarse Jacobian ("implicit" default, or "euler"; see :mod:`bruno.algorithms`).
     Device-to-device variability: each field in ``variability_fields`` is drawn per neuron as
     ``mu * (1 + variability_sigma * N(0, 1))`` from ``seed``; :meth:`resample_variability` redraws.
-    ``fine_backend="reference"`` forces the torch fine path (bit-identical to ``bptt`` values).
+    ``fine_backend`` picks the fine path's backend (:data:`bruno.kernels.BACKENDS`): ``"torch"``
+    forces the torch loop (bit-identical to ``bptt`` values), ``"native"`` the fused kernel (an
+    error where it cannot run), ``"auto"`` the kernel where it applies.
     """
 
     def __init__(
@@ -90,8 +93,7 @@ class FeLIFLayer(nn.Module):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if not (math.isfinite(variability_sigma) and variability_sigma >= 0):
             raise ValueError(f"variability_sigma must be finite and >= 0, got {variability_sigma}")
-        if fine_backend not in ("auto", "reference"):
-            raise ValueError(f"fine_backend must be 'auto' or 'reference', got {fine_backend!r}")
+        kernels.check_backend(fine_backend)  # validates the name
         algorithms.get(algorithm)  # validates the name
         parameters = FeLIFParameters() if parameters is None else parameters
         if not isinstance(parameters, FeLIFParameters):
@@ -176,12 +178,16 @@ class FeLIFLayer(nn.Module):
     def _coefficients(
         self, p: FeLIFParameters, batch: int, dtype: torch.dtype, device
     ) -> torch.Tensor | None:
-        if device.type != "cpu" or self.algorithm != "bruno" or self.fine_backend != "auto":
+        if (
+            device.type != "cpu"
+            or self.algorithm != "bruno"
+            or kernels.check_backend(self.fine_backend) == "torch"
+        ):
             return None
         key = (batch, dtype, self._version)
         if key not in self._coefficient_cache:
             self._coefficient_cache.clear()
-            self._coefficient_cache[key] = native.pack_coefficients(p, (batch, self.size), dtype)
+            self._coefficient_cache[key] = ffi.pack_coefficients(p, (batch, self.size), dtype)
         return self._coefficient_cache[key]
 
     def forward(self, x: torch.Tensor, state: FeLIFState | None = None, return_state: bool = False):
@@ -209,8 +215,6 @@ class FeLIFLayer(nn.Module):
             self.coarse_gradient,
         )
         threshold = p.threshold_voltage
-        reset_v = p.reset_voltage.expand(batch, self.size)
-        minus_ps = (-p.saturation_polarization).expand(batch, self.size)
         spikes, vs, pols = [], [], []
         # unbind, not x[k]: indexing makes each step's backward zero-fill a full [T, B, N] tensor
         for frame in x.unbind(0):
@@ -220,10 +224,8 @@ class FeLIFLayer(nn.Module):
             if self.record_state:
                 vs.append(new.v.detach())
                 pols.append(new.polarization.detach())
-            fired = s.detach() > 0  # reset at the next coarse step, detached from the graph
-            state = FeLIFState(
-                torch.where(fired, reset_v, new.v), torch.where(fired, minus_ps, new.polarization)
-            )
+            # reset at the next coarse step, the reset values detached from the graph
+            state = reset(new, crossed(new.v, p), p)
         if self.record_state:
             self.last_v = torch.stack(vs) if vs else None
             self.last_polarization = torch.stack(pols) if pols else None

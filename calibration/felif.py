@@ -9,7 +9,7 @@ range, and a random spike-train input current) and writes ``felif.json`` plus fi
 reports directory; it returns False when a stated tolerance is missed. The stages' signatures and
 default locations are those of every device module (:mod:`calibration`).
 
-The compact model is evaluated only through :func:`bruno.felif.simulate` (one batched call per
+The compact model is evaluated only through :func:`bruno.device.simulate` (one batched call per
 fit iteration: every stimulus times every finite-difference parameter set is one neuron), so the
 equations live in one place. Units are SI throughout.
 """
@@ -513,13 +513,13 @@ def compact_runs(
     record: float = RECORD,
     dtype: str = DTYPE,
 ) -> tuple[list[list[Trace]], float]:
-    """Every stimulus under every parameter set in one batched :func:`bruno.felif.simulate` call.
+    """Every stimulus under every parameter set in one batched :func:`bruno.device.simulate` call.
 
     Returns traces indexed ``[set][stimulus]`` and the wall time of the call (s).
     """
     import torch
 
-    from bruno import felif
+    from bruno import device, felif
 
     for stimulus in stimuli:
         check_stimulus(stimulus)
@@ -543,7 +543,7 @@ def compact_runs(
         kwargs[name] = torch.tensor(values, dtype=torch_dtype)[:, None]
     params = felif.FeLIFParameters(**kwargs)
     start = time.perf_counter()
-    trace = felif.simulate(current.contiguous(), params, dt=DT, record_every=every)
+    trace = device.simulate(current.contiguous(), params, dt=DT, record_every=every)
     wall = time.perf_counter() - start
     t = trace.time.numpy()
     v = trace.v.double().numpy()
@@ -1317,7 +1317,7 @@ def validate(
             "ngspice_neuron_seconds_per_wall_second": spice_sim / spice_wall,
             "ngspice_wall_s": spice_wall,
             "ngspice_runs": len(stimuli),
-            "note": "compact: one batched bruno.felif.simulate call over all validation stimuli; "
+            "note": "compact: one batched bruno.device.simulate call over all validation stimuli; "
             "ngspice: one neuron per run, summed over runs (single core each)",
         },
         "per_stimulus": per_stimulus,

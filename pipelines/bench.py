@@ -219,9 +219,9 @@ def machine_limit_estimate(elements: int = 1 << 22, repeats: int = 5) -> dict:
 
 def run_throughput(neuron_counts: list[int], steps: int, repeats: int) -> dict:
     """Fused kernel vs plain PyTorch loop, side by side, plus the machine-limit estimate."""
-    from bruno import fine_path
+    from bruno.kernels import throughput
 
-    rows = fine_path.compare_throughput(neuron_counts, steps=steps, repeats=repeats)
+    rows = throughput.compare_throughput(neuron_counts, steps=steps, repeats=repeats)
     return {"rows": rows, "machine_limit": machine_limit_estimate()}
 
 

@@ -24,11 +24,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bruno import algorithms, kernels
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_EXPERIMENT = "jsb_felif_bruno"
 
 NEURONS = ("felif", "lif", "rlif")
-ALGORITHMS = ("bruno", "bptt", "checkpoint", "coarse")
+ALGORITHMS = algorithms.names()
 PRECISIONS = ("fp", "8bit", "4bit", "3bit", "rram")
 OPTIMISERS = ("adamax", "adam", "sgd")
 
@@ -113,6 +115,13 @@ MODEL = {
     "neuron": F(str, "felif", NEURONS, doc="hidden neurons (JSB) / hidden neurons (Braille)"),
     "output_neuron": F(str, None, NEURONS, nullable=True, doc="Braille output neurons"),
     "algorithm": F(str, "bruno", ALGORITHMS, doc="how FeLIF neurons are trained"),
+    "coarse_gradient": F(
+        str,
+        "implicit",
+        algorithms.COARSE_GRADIENTS,
+        doc="bruno: the coarse step whose gradient is used ('euler': the SPEC's literal form)",
+    ),
+    "fine_backend": F(str, "auto", kernels.BACKENDS, doc="FeLIF fine path: auto | native | torch"),
     "fine_steps": F(int, 1000, low=1, high=1_000_000),
     "coarse_dt": F(float, 1e-3, low=1e-9, high=10.0),
     "variability_sigma": F(float, 0.0, low=0.0, high=1.0),

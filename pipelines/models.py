@@ -54,6 +54,8 @@ def neuron_layer(kind: str, size: int, model: dict, seed: int) -> nn.Module:
             size,
             parameters=felif_parameters(model["felif_parameters"]),
             algorithm=model["algorithm"],
+            coarse_gradient=model["coarse_gradient"],
+            fine_backend=model["fine_backend"],
             fine_steps=model["fine_steps"],
             coarse_dt=model["coarse_dt"],
             variability_sigma=model["variability_sigma"],

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from bruno import algorithms, felif, fine_path
+from bruno import algorithms, felif
 from bruno.felif import FeLIFParameters, FeLIFState
 from bruno.layers import FeLIFLayer, LIFLayer, RLIFLayer
 from bruno.lif import LIFParameters, LIFState, lif_step, simulate_scalar
@@ -64,9 +64,9 @@ def test_registry_and_unknown_name():
 
 
 def test_forward_values_identical_across_algorithms():
-    """bruno (reference fine path), bptt and checkpoint: bit-identical spikes and states."""
+    """bruno (torch fine path), bptt and checkpoint: bit-identical spikes and states."""
     bptt = _run("bptt")
-    for other in (_run("checkpoint"), _run("bruno", fine_backend="reference")):
+    for other in (_run("checkpoint"), _run("bruno", fine_backend="torch")):
         assert torch.equal(other[0], bptt[0])
         assert torch.equal(other[1], bptt[1])
         assert torch.equal(other[2], bptt[2])
@@ -87,7 +87,7 @@ def test_checkpoint_gradients_equal_bptt():
 def test_bruno_with_one_fine_step_equals_bptt_gradients():
     """n = 1: the coarse step *is* the fine step: BRUNO (explicit-Euler coarse gradient) = BPTT."""
     bptt = _run("bptt", fine_steps=1)
-    bruno = _run("bruno", fine_steps=1, coarse_gradient="euler", fine_backend="reference")
+    bruno = _run("bruno", fine_steps=1, coarse_gradient="euler", fine_backend="torch")
     assert torch.equal(bruno[0], bptt[0])
     assert torch.equal(bruno[3], bptt[3])
     assert bruno[3].abs().sum() > 0
@@ -149,7 +149,7 @@ def test_bptt_through_1000_fine_steps_finite_with_strongly_negative_drive(dtype)
     for _ in range(1000):
         field = felif.ferroelectric_field(state.v, state.polarization, p)
         max_dt_rate = max(max_dt_rate, float(dt * felif.switching_rate(field.detach(), p).max()))
-        state, held = fine_path.hold_step(state, held, current, p, dt)
+        state, held = felif.hold_step(state, held, current, p, dt)
     assert max_dt_rate > 100  # explicit Euler's dP'/dP = 1 - dt*rate would be < -99 here
     assert (state.v < -2).all() and not held.any()
     torch.testing.assert_close(
@@ -195,11 +195,9 @@ def test_implicit_jacobian_against_autograd():
 
     def analytic(dt):
         v, pol, i = (t.clone().requires_grad_(True) for t in (v0, p0, i0))
-        out_v, out_p = algorithms._ImplicitCoarseGradient.apply(
-            v, pol, i, v.detach(), pol.detach(), p, dt
-        )
-        torch.autograd.backward((out_v, out_p), (g_v, g_p))
-        return v.grad, pol.grad, i.grad
+        out = algorithms.implicit_coarse_step(FeLIFState(v, pol), i, p, dt)
+        torch.autograd.backward((out.v, out.polarization), (g_v, g_p))
+        return v.grad, pol.grad, i.grad, out
 
     dt = 1e-3
     got = analytic(dt)
@@ -216,6 +214,10 @@ def test_implicit_jacobian_against_autograd():
         torch.testing.assert_close(got[0][k], w[0], rtol=1e-9, atol=0)
         torch.testing.assert_close(got[1][k], w[1], rtol=1e-9, atol=0)
         torch.testing.assert_close(got[2][k], dt * jac[2][0] * w[0], rtol=1e-9, atol=0)
+        # its values are the linearly implicit Euler step y0 + (1 - dt J)^-1 dt f(y0)
+        step = torch.linalg.solve(m, dt * f(v0[k], p0[k], i0[k]))
+        torch.testing.assert_close(got[3].v[k], v0[k] + step[0], rtol=1e-9, atol=0)
+        torch.testing.assert_close(got[3].polarization[k], p0[k] + step[1], rtol=1e-9, atol=0)
     # dt -> 0: the implicit Jacobian and autograd through euler_step coincide to first order
     tiny = 1e-12
     v, pol, i = (t.clone().requires_grad_(True) for t in (v0, p0, i0))

@@ -1,4 +1,5 @@
-"""The fused FeLIF fine path (bruno.native) against the reference step bruno.felif.euler_step."""
+"""The fused FeLIF fine path (bruno.kernels, native backend) against the torch loop of
+bruno.felif.euler_step; the kernel's build (bruno.kernels.build) and command line."""
 
 from __future__ import annotations
 
@@ -8,19 +9,21 @@ import time
 import pytest
 import torch
 
-from bruno import felif, fine_path, native
+from bruno import device, felif, kernels
 from bruno.felif import FeLIFParameters, FeLIFState
+from bruno.kernels import __main__ as kernels_cli
+from bruno.kernels import build, throughput
 
 IN_CI = os.environ.get("CI", "").strip().lower() == "true"
 
 
 @pytest.fixture(scope="module")
 def kernel():
-    k = native.load()
+    k = kernels.load()
     if k is None:
         if IN_CI:
             pytest.fail(
-                "the native kernel must build in CI (make setup runs python -m bruno.native build)"
+                "the native kernel must build in CI (make setup runs python -m bruno.kernels build)"
             )
         pytest.skip("native kernel unavailable (no C compiler?)")
     return k
@@ -49,12 +52,12 @@ def test_single_step_is_euler_step(kernel):
     n = 257
     p = _varied_parameters(n)
     g = torch.Generator().manual_seed(1)
-    state = fine_path.random_state((n,), p, g, torch.float64)
+    state = throughput.random_state((n,), p, g, torch.float64)
     state = FeLIFState(state.v * 1.3, state.polarization)  # some beyond threshold / near clips
     current = torch.rand(n, generator=g, dtype=torch.float64) * 5e-9 - 1e-9
     for dt in (1e-6, 1e-5, 1e-3):
         expected = felif.euler_step(state, current, p, dt)
-        got, _ = fine_path.integrate(state, current, p, dt, 1, kernel=kernel)
+        got, _ = kernels.integrate(state, current, p, dt, 1, kernel=kernel)
         torch.testing.assert_close(got.v, expected.v, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(got.polarization, expected.polarization, rtol=1e-12, atol=1e-14)
 
@@ -64,11 +67,11 @@ def test_fused_matches_reference_loop(kernel, dtype, atol_v):
     n, steps = 300, 400
     p = _varied_parameters(n)
     g = torch.Generator().manual_seed(2)
-    state = fine_path.random_state((n,), p, g, dtype)
+    state = throughput.random_state((n,), p, g, dtype)
     current = (torch.rand(n, generator=g, dtype=torch.float64) * 2e-9).to(dtype)
     held0 = torch.rand(n, generator=g) < 0.1
-    ref, ref_held = fine_path.integrate_reference(state, current, p, 1e-6, steps, held0)
-    got, got_held = fine_path.integrate(state, current, p, 1e-6, steps, held0, kernel=kernel)
+    ref, ref_held = kernels.integrate_reference(state, current, p, 1e-6, steps, held0)
+    got, got_held = kernels.integrate(state, current, p, 1e-6, steps, held0, kernel=kernel)
     assert torch.equal(ref_held, got_held)
     assert ref_held.any() and not ref_held.all()
     torch.testing.assert_close(got.v, ref.v, rtol=0, atol=atol_v)
@@ -81,23 +84,19 @@ def test_batched_shape_and_broadcast_parameters(kernel):
     p = _varied_parameters(8)  # per-neuron [N] parameters, state [B, N]
     state = felif.initial_state((4, 8), p, dtype=torch.float32)
     current = torch.full((4, 8), 1e-9)
-    ref, _ = fine_path.integrate_reference(state, current, p, 1e-6, 300)
-    got, _ = fine_path.integrate(state, current, p, 1e-6, 300, kernel=kernel)
+    ref, _ = kernels.integrate_reference(state, current, p, 1e-6, 300)
+    got, _ = kernels.integrate(state, current, p, 1e-6, 300, kernel=kernel)
     assert got.v.shape == (4, 8)
     torch.testing.assert_close(got.v, ref.v, rtol=0, atol=1e-3)
 
 
 def _loop_simulate(monkeypatch, *args):
-    monkeypatch.setattr(native, "load", lambda *a, **k: None)
-    try:
-        return felif.simulate(*args)
-    finally:
-        monkeypatch.undo()
+    return device.simulate(*args, backend="torch")
 
 
 @pytest.mark.parametrize("record_every", [1, 7])
 def test_simulate_fast_path_matches_loop(kernel, monkeypatch, record_every):
-    """felif.simulate uses the kernel (reset at the crossing step) and agrees with its own loop."""
+    """device.simulate uses the kernel (reset at the crossing step) and agrees with its own loop."""
     steps = 8000
     current = (
         torch.linspace(1.5e-9, 5e-9, 6, dtype=torch.float64)
@@ -106,7 +105,7 @@ def test_simulate_fast_path_matches_loop(kernel, monkeypatch, record_every):
         .contiguous()
     )
     p = FeLIFParameters()
-    fast = felif.simulate(current, p, 1e-6, record_every)
+    fast = device.simulate(current, p, 1e-6, record_every)
     slow = _loop_simulate(monkeypatch, current, p, 1e-6, record_every)
     assert torch.equal(fast.time, slow.time)
     assert fast.v.shape == slow.v.shape == (1 + steps // record_every, 2, 3)
@@ -120,49 +119,49 @@ def test_simulate_sanity_numbers_and_speed(kernel):
     """SPEC §3: 308 pA -> first spike ~41.8 ms, ISI ~44.5 ms; 1 nA -> ~12.6 ms. And it is fast."""
     steps = 100_000
     current = torch.tensor([308e-12, 1e-9], dtype=torch.float32).expand(steps, 2).contiguous()
-    trace = felif.simulate(current, FeLIFParameters(), 1e-6)
+    trace = device.simulate(current, FeLIFParameters(), 1e-6)
     s308, s1n = trace.spike_times
     assert s308[0] == pytest.approx(41.8e-3, rel=0.01)
     assert s308[1] - s308[0] == pytest.approx(44.5e-3, rel=0.01)
     assert s1n[0] == pytest.approx(12.6e-3, rel=0.01)
     wide = torch.linspace(1e-10, 2e-9, 20).expand(steps, 20).contiguous()
     start = time.perf_counter()
-    felif.simulate(wide, FeLIFParameters(), 1e-6, record_every=1)
+    device.simulate(wide, FeLIFParameters(), 1e-6, record_every=1)
     assert time.perf_counter() - start < 2.0  # ~0.05 s here; generous for a shared CI machine
 
 
 def test_simulate_rejects_bad_input():
     with pytest.raises(ValueError, match="NaN"):
-        felif.simulate(torch.tensor([[float("nan")]]), FeLIFParameters())
+        device.simulate(torch.tensor([[float("nan")]]), FeLIFParameters())
     with pytest.raises(ValueError, match="record_every"):
-        felif.simulate(torch.zeros(3, 1), FeLIFParameters(), record_every=0)
+        device.simulate(torch.zeros(3, 1), FeLIFParameters(), record_every=0)
 
 
 def test_integrate_rejects_bad_input():
     state = felif.initial_state((3,), FeLIFParameters())
     with pytest.raises(ValueError, match="dt"):
-        fine_path.integrate(state, torch.zeros(3), FeLIFParameters(), 0.0, 10)
+        kernels.integrate(state, torch.zeros(3), FeLIFParameters(), 0.0, 10)
     with pytest.raises(ValueError, match="steps"):
-        fine_path.integrate(state, torch.zeros(3), FeLIFParameters(), 1e-6, -1)
+        kernels.integrate(state, torch.zeros(3), FeLIFParameters(), 1e-6, -1)
     with pytest.raises(ValueError, match="held"):
-        fine_path.integrate(
+        kernels.integrate(
             state, torch.zeros(3), FeLIFParameters(), 1e-6, 1, torch.zeros(4, dtype=torch.bool)
         )
     with pytest.raises(ValueError, match="current is on"):
-        fine_path.integrate(state, torch.zeros(3, device="meta"), FeLIFParameters(), 1e-6, 1)
+        kernels.integrate(state, torch.zeros(3, device="meta"), FeLIFParameters(), 1e-6, 1)
 
 
 def test_throughput_helper(kernel):
-    row = fine_path.compare_throughput([64], steps=50, repeats=1)[0]
+    row = throughput.compare_throughput([64], steps=50, repeats=1)[0]
     assert row["fused_neuron_steps_per_s"] > 0 and row["torch_loop_neuron_steps_per_s"] > 0
     with pytest.raises(ValueError, match="backend"):
-        fine_path.throughput(8, backend="numba")
+        throughput.throughput(8, backend="numba")
 
 
 def test_build_is_idempotent(kernel):
-    first = native.build(verbose=False)
+    first = build.build(verbose=False)
     start = time.perf_counter()
-    second = native.build(verbose=False)
+    second = build.build(verbose=False)
     assert first == second and second.exists()
     assert time.perf_counter() - start < 1.0
 
@@ -175,42 +174,42 @@ def test_loading_the_kernel_keeps_denormals(kernel):
 def test_portable_fallback_builds(kernel, tmp_path, monkeypatch):
     """The baseline-ISA flag set (no -march/-mavx2) compiles and passes the self-test."""
     monkeypatch.setenv("BRUNO_NATIVE_DIR", str(tmp_path))
-    library = native.build(verbose=False, variants=("generic",))
+    library = build.build(verbose=False, variants=("generic",))
     assert library is not None and library.parent == tmp_path and "generic" in library.name
 
 
 def test_without_kernel_the_reference_path_is_used(monkeypatch):
-    """No compiler / BRUNO_NATIVE=0: integrate falls back to the torch loop, same result."""
-    monkeypatch.setattr(native, "load", lambda *a, **k: None)
+    """No compiler (auto backend): integrate falls back to the torch loop, same result."""
+    monkeypatch.setattr(kernels, "load", lambda *a, **k: None)
     p = FeLIFParameters()
     state = felif.initial_state((5,), p, dtype=torch.float64)
     current = torch.full((5,), 1e-9, dtype=torch.float64)
-    got, _ = fine_path.integrate(state, current, p, 1e-6, 50)
-    ref, _ = fine_path.integrate_reference(state, current, p, 1e-6, 50)
+    got, _ = kernels.integrate(state, current, p, 1e-6, 50)
+    ref, _ = kernels.integrate_reference(state, current, p, 1e-6, 50)
     assert torch.equal(got.v, ref.v)
 
 
 def _private_kernel_source(tmp_path, monkeypatch):
     """A copy of the kernel source and a private build directory, as if the user edited theirs."""
     source = tmp_path / "felif_kernel.c"
-    source.write_text(native.SOURCE.read_text())
-    monkeypatch.setattr(native, "SOURCE", source)
+    source.write_text(build.SOURCE.read_text())
+    monkeypatch.setattr(build, "SOURCE", source)
     monkeypatch.setenv("BRUNO_NATIVE_DIR", str(tmp_path / "build"))
-    monkeypatch.setattr(native, "_LIBRARY", None)
-    monkeypatch.setattr(native, "_LOAD_TRIED", False)
+    monkeypatch.setattr(kernels, "_LIBRARY", None)
+    monkeypatch.setattr(kernels, "_LOADED_GENERATION", None)
     return source
 
 
 def test_an_edited_kernel_source_is_rebuilt_never_loaded_stale(kernel, tmp_path, monkeypatch):
     source = _private_kernel_source(tmp_path, monkeypatch)
-    first = native.build(verbose=False, variants=("generic-serial",))
-    assert native._current_library()[0] == first
+    first = build.build(verbose=False, variants=("generic-serial",))
+    assert build.current_library()[0] == first
     # a harmless edit: the old library is stale, a rebuild gives a new one that loads
     source.write_text(source.read_text() + "\n/* edited */\n")
-    assert native._current_library() is None
-    second = native.build(verbose=False, variants=("generic-serial",))
+    assert build.current_library() is None
+    second = build.build(verbose=False, variants=("generic-serial",))
     assert second is not None and second != first and not first.exists()
-    assert native.load().path == second
+    assert kernels.load().path == second
     # an edit that breaks the kernel (it clips the membrane at half of bruno.felif.V_CLIP): the
     # rebuild's self-test against the Python reference refuses it, and the stale library that
     # is still on disk is not loaded either
@@ -219,29 +218,53 @@ def test_an_edited_kernel_source_is_rebuilt_never_loaded_stale(kernel, tmp_path,
             "#define V_CLIP BRUNO_V_CLIP", "#define V_CLIP (0.5 * BRUNO_V_CLIP)"
         )
     )
-    assert native._current_library() is None
-    assert native.build(verbose=False, variants=("generic-serial",)) is None
-    monkeypatch.setattr(native, "_LOAD_TRIED", False)
+    assert build.current_library() is None
+    assert build.build(verbose=False, variants=("generic-serial",)) is None
+    monkeypatch.setattr(kernels, "_LOADED_GENERATION", None)
     with pytest.warns(RuntimeWarning, match="no fused FeLIF kernel built from the current"):
-        assert native.load(build_if_missing=False) is None
+        assert kernels.load(build_if_missing=False) is None
 
 
 def test_the_build_key_covers_the_python_reference(kernel, tmp_path, monkeypatch):
     _private_kernel_source(tmp_path, monkeypatch)
-    assert native.build(verbose=False, variants=("generic-serial",)) is not None
+    assert build.build(verbose=False, variants=("generic-serial",)) is not None
     reference = tmp_path / "felif.py"
-    reference.write_text(native.REFERENCE_SOURCES[0].read_text() + "\n# edited\n")
-    monkeypatch.setattr(native, "REFERENCE_SOURCES", (reference, *native.REFERENCE_SOURCES[1:]))
-    assert native._current_library() is None
+    reference.write_text(build.REFERENCE_SOURCES[0].read_text() + "\n# edited\n")
+    monkeypatch.setattr(build, "REFERENCE_SOURCES", (reference, *build.REFERENCE_SOURCES[1:]))
+    assert build.current_library() is None
 
 
-def test_native_cli(kernel, capsys):
+def test_kernels_cli(kernel, capsys):
     import json
 
-    assert native.main(["build"]) == 0
-    assert native.main(["info"]) == 0
+    assert kernels_cli.main(["build"]) == 0
+    assert kernels_cli.main(["info"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["available"] and info["library"] == str(kernel.path)
-    assert native.main(["bench", "--neurons", "150", "--steps", "20", "--repeats", "1"]) == 0
+    assert kernels_cli.main(["bench", "--neurons", "150", "--steps", "20", "--repeats", "1"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows and all(row["neurons"] == 150 for row in rows)
+
+
+def test_an_explicit_backend_that_cannot_run_raises(monkeypatch):
+    p = FeLIFParameters()
+    state = felif.initial_state((3,), p, dtype=torch.float64)
+    current = torch.full((3,), 1e-9, dtype=torch.float64)
+    with pytest.raises(ValueError, match="unknown fine-path backend 'numba'"):
+        kernels.integrate(state, current, p, 1e-6, 5, backend="numba")
+    half = felif.initial_state((3,), p, dtype=torch.float16)
+    with pytest.raises(kernels.BackendUnavailable, match="CPU float32/float64"):
+        kernels.integrate(half, current.half(), p, 1e-6, 5, backend="native")
+    monkeypatch.setattr(kernels, "load", lambda *a, **k: None)  # as without a compiler
+    with pytest.raises(kernels.BackendUnavailable, match="no kernel could be built"):
+        kernels.integrate(state, current, p, 1e-6, 5, backend="native")
+    with pytest.raises(kernels.BackendUnavailable):
+        device.simulate(torch.full((5, 3), 1e-9, dtype=torch.float64), p, backend="native")
+    # the environment chooses the default backend
+    monkeypatch.setenv(kernels.BACKEND_ENV, "native")
+    with pytest.raises(kernels.BackendUnavailable):
+        kernels.integrate(state, current, p, 1e-6, 5)
+    monkeypatch.setenv(kernels.BACKEND_ENV, "torch")
+    got, _ = kernels.integrate(state, current, p, 1e-6, 5)
+    ref, _ = kernels.integrate_reference(state, current, p, 1e-6, 5)
+    assert torch.equal(got.v, ref.v)

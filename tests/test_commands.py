@@ -140,7 +140,7 @@ def test_make_clean_removes_results_and_the_native_build(tmp_path):
     shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
     made = [
         tmp_path / "results" / "train" / "x",
-        tmp_path / "bruno" / "_native" / "build" / "lib.so",
+        tmp_path / "bruno" / "kernels" / "build" / "lib.so",
     ]
     kept = [
         tmp_path / "calibration" / "presets" / "felif.json",
@@ -151,5 +151,5 @@ def test_make_clean_removes_results_and_the_native_build(tmp_path):
         path.write_text("x")
     out = _make("clean", "BRUNO_NATIVE_DIR=", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert not (tmp_path / "results").exists() and not (tmp_path / "bruno/_native/build").exists()
+    assert not (tmp_path / "results").exists() and not (tmp_path / "bruno/kernels/build").exists()
     assert all(path.exists() for path in kept)

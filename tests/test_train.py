@@ -85,6 +85,17 @@ def test_shipped_configs_are_valid():
         assert config["name"] == name and config["task"] in ("jsb", "braille")
 
 
+def test_felif_options_reach_the_layer():
+    from pipelines import models
+
+    config = cfg.load(
+        "jsb_alg_bruno", ['model.coarse_gradient="euler"', 'model.fine_backend="torch"']
+    )
+    layer = models.build(config, 0).neurons
+    assert (layer.coarse_gradient, layer.fine_backend) == ("euler", "torch")
+    assert models.build(cfg.load("jsb_alg_bruno"), 0).neurons.coarse_gradient == "implicit"
+
+
 def test_run_writes_outputs(tmp_path):
     path = _config(tmp_path)
     assert train.main([str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
@@ -116,6 +127,8 @@ def test_run_writes_outputs(tmp_path):
         ({"seeds": [1, 1]}, "seeds"),
         ({"task": "mnist"}, "task"),
         ({"optim__lr": float("nan")}, "optim.lr"),
+        ({"model__coarse_gradient": "explicit"}, "model.coarse_gradient: 'explicit' is not one of"),
+        ({"model__fine_backend": "cuda"}, "model.fine_backend"),
     ],
 )
 def test_bad_config_is_rejected_before_any_work(tmp_path, capsys, change, complaint):

@@ -1,0 +1,217 @@
+"""The FeLIF fine path: ``steps`` steps of :func:`bruno.felif.hold_step`, input current held.
+
+Two backends with the same meaning and the same call ``integrate(state, current, p, dt, steps,
+held=None, backend=...)``:
+
+* ``"torch"`` — a plain per-step PyTorch loop of :func:`bruno.felif.hold_step` (the reference; any
+  device and dtype). Its step is what the ``bptt`` and ``checkpoint`` trainers differentiate
+  through, so their forward values equal it bit for bit.
+* ``"native"`` — the fused C/OpenMP kernel (``felif_kernel.c``, built by :mod:`bruno.kernels.build`,
+  called through :mod:`bruno.kernels.ffi`) for CPU float32/float64 tensors.
+
+``backend="auto"`` (the default, or ``$BRUNO_FINE_BACKEND``) takes the native kernel where it
+applies and the torch loop elsewhere (CUDA, other dtypes, no compiler: the last with a warning).
+A backend asked for by name that cannot run raises :class:`BackendUnavailable`.
+
+Spike handling is the trainers' (SPEC §3): inside one call a neuron whose membrane exceeds its
+threshold *holds* its state for the remaining steps; ``held`` says which neurons crossed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import warnings
+
+import torch
+
+from bruno.felif import FeLIFParameters, FeLIFState, hold_step
+from bruno.kernels import build as _build
+from bruno.kernels import ffi
+from bruno.kernels.ffi import NativeKernel
+
+BACKENDS = ("auto", "native", "torch")
+BACKEND_ENV = "BRUNO_FINE_BACKEND"
+
+
+class BackendUnavailable(RuntimeError):
+    """A fine-path backend asked for by name that cannot run here."""
+
+
+_LIBRARY: NativeKernel | None = None
+_LOADED_GENERATION: int | None = None  # build.GENERATION when _LIBRARY was loaded
+_LOCK = threading.Lock()
+
+
+def load(build_if_missing: bool = True) -> NativeKernel | None:
+    """The kernel built from the current sources for this CPU, or None. Cached per process; a
+    stale library is rebuilt (``build_if_missing``) or refused, never loaded."""
+    global _LIBRARY, _LOADED_GENERATION
+    with _LOCK:
+        if _LOADED_GENERATION == _build.GENERATION:
+            return _LIBRARY
+    current = _build.current_library()
+    library = (current[0], current[1]["variant"]) if current else None
+    if library is None and build_if_missing:
+        print(
+            "bruno.kernels: no kernel library built from the current sources for this CPU; "
+            "building one",
+            file=sys.stderr,
+        )
+        built = _build.build()
+        if built is not None:
+            library = (built, json.loads(_build.manifest_path().read_text())["variant"])
+    kernel = None
+    if library is None:
+        warnings.warn(
+            "bruno.kernels: no fused FeLIF kernel built from the current sources (run `make setup` "
+            "or `python -m bruno.kernels build`); using the slower torch reference fine path",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    else:
+        try:
+            kernel = ffi.open_library(*library)
+        except OSError as error:
+            warnings.warn(
+                f"bruno.kernels: could not load {library[0]}: {error}", RuntimeWarning, stacklevel=2
+            )
+    if kernel is not None or build_if_missing:  # a refusal without a build attempt is not final
+        with _LOCK:
+            _LIBRARY, _LOADED_GENERATION = kernel, _build.GENERATION
+    return kernel
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it is a backend name (``"auto"`` resolved from $BRUNO_FINE_BACKEND)."""
+    if backend == "auto":
+        backend = os.environ.get(BACKEND_ENV, "auto") or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown fine-path backend {backend!r}; choose one of {BACKENDS}")
+    return backend
+
+
+def select(backend: str, like: torch.Tensor) -> NativeKernel | None:
+    """The kernel that ``backend`` runs on tensors like ``like``; None means the torch loop."""
+    backend = check_backend(backend)
+    if backend == "torch":
+        return None
+    applies = like.device.type == "cpu" and like.dtype in (torch.float32, torch.float64)
+    if backend == "auto":
+        return load() if applies else None
+    if not applies:
+        raise BackendUnavailable(
+            f"the native fine path runs CPU float32/float64 tensors, not {like.device} {like.dtype}"
+        )
+    kernel = load()
+    if kernel is None:
+        raise BackendUnavailable(
+            "the native fine path was asked for but no kernel could be built or loaded here "
+            "(python -m bruno.kernels build says why); use backend='torch' or 'auto'"
+        )
+    return kernel
+
+
+def _as_bool(held: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    if held is None:
+        return torch.zeros(like.shape, dtype=torch.bool, device=like.device)
+    if held.shape != like.shape:
+        raise ValueError(f"held has shape {tuple(held.shape)}, state has {tuple(like.shape)}")
+    return held.to(dtype=torch.bool, device=like.device)
+
+
+def _check(state: FeLIFState, current: torch.Tensor, dt: float, steps: int) -> None:
+    if not isinstance(state, FeLIFState):
+        raise TypeError("state must be a bruno.felif.FeLIFState")
+    if state.v.shape != state.polarization.shape:
+        raise ValueError("state.v and state.polarization must have the same shape")
+    if not state.v.is_floating_point() or state.v.dtype != state.polarization.dtype:
+        raise TypeError("state tensors must share one floating dtype")
+    if current.device != state.v.device:
+        raise ValueError(f"current is on {current.device}, state on {state.v.device}")
+    if not (dt > 0):
+        raise ValueError(f"dt must be > 0, got {dt}")
+    if int(steps) != steps or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps}")
+
+
+def integrate_reference(
+    state: FeLIFState,
+    current: torch.Tensor,
+    p: FeLIFParameters,
+    dt: float,
+    steps: int,
+    held: torch.Tensor | None = None,
+) -> tuple[FeLIFState, torch.Tensor]:
+    """The ``"torch"`` backend: a per-step PyTorch loop (no autograd) of ``steps`` hold-steps."""
+    _check(state, current, dt, steps)
+    with torch.no_grad():
+        state = FeLIFState(state.v.detach(), state.polarization.detach())
+        held = _as_bool(held, state.v)
+        current = current.to(state.v.dtype)
+        p = p.to(dtype=state.v.dtype)  # tensor fields in the state's dtype (no silent promotion)
+        for _ in range(int(steps)):
+            state, held = hold_step(state, held, current, p, dt)
+    return state, held
+
+
+def integrate(
+    state: FeLIFState,
+    current: torch.Tensor,
+    p: FeLIFParameters,
+    dt: float,
+    steps: int,
+    held: torch.Tensor | None = None,
+    *,
+    backend: str = "auto",
+    kernel: NativeKernel | None = None,
+    coefficients: torch.Tensor | None = None,
+) -> tuple[FeLIFState, torch.Tensor]:
+    """The fine path (no autograd) on ``backend`` (module docstring); returns (state, held).
+
+    ``kernel`` runs that native library instead of choosing one; ``coefficients`` (from
+    :func:`bruno.kernels.ffi.pack_coefficients` for this shape and dtype) skip re-packing.
+    """
+    _check(state, current, dt, steps)
+    v = state.v
+    if kernel is None:
+        kernel = select(backend, v)
+    if kernel is None:
+        return integrate_reference(state, current, p, dt, steps, held)
+    shape = v.shape
+    with torch.no_grad():
+        v_out = v.detach().to(memory_format=torch.contiguous_format).clone().reshape(-1)
+        p_out = state.polarization.detach().clone().contiguous().reshape(-1)
+        drive = torch.broadcast_to(current.detach().to(v.dtype), shape).contiguous().reshape(-1)
+        flags = _as_bool(held, v).to(torch.uint8).contiguous().reshape(-1).clone()
+        if coefficients is None:
+            coefficients = ffi.pack_coefficients(p, shape, v.dtype)
+        kernel.run(
+            v_out,
+            p_out,
+            drive,
+            False,
+            coefficients,
+            float(dt),
+            int(steps),
+            ffi.MODE_HOLD,
+            held=flags,
+        )
+    return FeLIFState(v_out.reshape(shape), p_out.reshape(shape)), flags.reshape(shape).bool()
+
+
+def info() -> dict:
+    """Which kernel a process would load (without building one), as JSON-ready data."""
+    kernel = load(build_if_missing=False)
+    current = _build.current_library()
+    return {
+        "available": kernel is not None,
+        "library": str(kernel.path) if kernel else None,
+        "variant": kernel.variant if kernel else None,
+        "openmp": bool(kernel.handle.bruno_felif_has_openmp()) if kernel else None,
+        "flags": current[1].get("flags") if current else None,
+        "threads": torch.get_num_threads(),
+        "backend": check_backend("auto"),
+    }
