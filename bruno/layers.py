@@ -372,3 +372,11 @@ class RLIFLayer(LIFLayer):
 
     def _recurrent_input(self, previous_spikes: torch.Tensor) -> torch.Tensor:
         return self.recurrent_weights(previous_spikes)
+
+
+#: The neuron layers by the name configs use for them.
+NEURON_LAYERS: dict[str, type[nn.Module]] = {
+    "felif": FeLIFLayer,
+    "lif": LIFLayer,
+    "rlif": RLIFLayer,
+}

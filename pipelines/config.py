@@ -1,12 +1,24 @@
-"""Experiment configs: one JSON file per experiment in ``pipelines/configs/``, strictly validated.
+"""Experiment configs in ``pipelines/configs/``, strictly validated.
 
-A config is resolved against :data:`SCHEMA` (defaults filled in) and rejected *before any work
-starts* when it has an unknown key, a value of the wrong type, or a value out of range. The error
-names every offending key path. The resolved config is what a run writes to ``config.json``.
+A file is one experiment, or a *family*: a config with a ``"matrix"`` of named axes whose values
+override dotted keys of the shared config, expanded into one experiment per combination, named
+``<file stem>_<value>_<value>...`` in axis order (``braille.json``: ``braille_felif_fp_v0``, ...)::
+
+    "matrix": {"network": {"felif": {"about": "FeLIF outputs", "model.output_neuron": "felif"},
+                           "lif":   {"model.output_neuron": "lif"}},
+               "synapses": {"fp": {}, "rram": {"model.synapse.precision": "rram"}}}
+
+(``about`` texts are appended to the description). An experiment is resolved against the schema
+below (defaults filled in) and rejected *before any work starts* when it has an unknown key, a
+value of the wrong type or out of range, or an option that means nothing for its network (a
+FeLIF option in a network without FeLIF neurons, LIF options without LIF neurons). The error names
+every offending key path. The resolved config is what a run writes to ``config.json``.
+Enumerations (neurons, algorithms, coarse gradients, fine-path backends, precisions) are the
+library's own.
 
 Top level::
 
-    name         experiment name (defaults to the file's stem)
+    name         experiment name (defaults to the file's stem, or the family's expansion)
     description  free text
     group        the report table it belongs to (defaults to the task)
     task         "jsb" | "braille"
@@ -25,13 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from bruno import algorithms, kernels
+from bruno.layers import NEURON_LAYERS
+from bruno.synapses import PRECISIONS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_EXPERIMENT = "jsb_felif_bruno"
 
-NEURONS = ("felif", "lif", "rlif")
+NEURONS = tuple(NEURON_LAYERS)
 ALGORITHMS = algorithms.names()
-PRECISIONS = ("fp", "8bit", "4bit", "3bit", "rram")
 OPTIMISERS = ("adamax", "adam", "sgd")
 
 
@@ -198,6 +211,36 @@ def _resolve(schema: dict, given: Any, path: str, errors: list[str]) -> dict:
     return out
 
 
+# Options that only a FeLIF layer reads, and the LIF/RLIF layers' own section.
+FELIF_OPTIONS = (
+    "algorithm",
+    "coarse_gradient",
+    "fine_backend",
+    "fine_steps",
+    "felif_parameters",
+    "current_scale",
+)
+
+
+def _meaningless_options(model: dict) -> list[str]:
+    """Options written in ``model`` that no layer of the network reads (a silent no-op otherwise:
+    e.g. ``algorithm`` in a network without FeLIF neurons)."""
+    kind = model.get("kind", MODEL["kind"].default)
+    neurons = (
+        set() if kind != "spiking" else {model.get("neuron", "felif"), model.get("output_neuron")}
+    )
+    errors = []
+    if "felif" not in neurons:
+        errors += [
+            f"model.{key}: only FeLIF layers use it and this network has none; remove it"
+            for key in FELIF_OPTIONS
+            if key in model
+        ]
+    if not neurons & {"lif", "rlif"} and "lif" in model:
+        errors.append("model.lif: only LIF/RLIF layers use it and this network has none; remove it")
+    return errors
+
+
 def resolve(raw: dict, name: str | None = None) -> dict:
     """Validate ``raw`` and fill in defaults; raise :class:`ConfigError` listing every problem."""
     errors: list[str] = []
@@ -224,38 +267,115 @@ def resolve(raw: dict, name: str | None = None) -> dict:
         errors.append("model.output_neuron: only for the braille task (JSB outputs are sigmoids)")
     if model["kind"] == "lstm" and model["synapse"]["precision"] != "fp":
         errors.append("model.synapse.precision: the LSTM reference is full precision only")
+    errors += _meaningless_options(raw.get("model") if isinstance(raw.get("model"), dict) else {})
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
     return config
 
 
-def find(name_or_path: str) -> Path:
-    """A config by experiment name (``pipelines/configs/<name>.json``) or by path."""
-    path = Path(name_or_path)
-    if path.suffix == ".json" or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"no such config file: {path}")
-        return path
-    candidate = CONFIG_DIR / f"{name_or_path}.json"
-    if not candidate.is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-        raise ConfigError(f"unknown experiment '{name_or_path}'; known: {', '.join(known)}")
-    return candidate
-
-
-def load(name_or_path: str, overrides: list[str] | None = None) -> dict:
-    """Read, apply ``key.path=value`` overrides (JSON values), validate and resolve a config."""
-    path = find(name_or_path)
+def _read_json(path: Path) -> dict:
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config is a JSON object")
+    return raw
+
+
+def expand(raw: dict, stem: str, where: str = "config") -> dict[str, dict]:
+    """The experiments of one config file: itself, or every combination of its ``matrix``."""
+    if "matrix" not in raw:
+        return {stem: raw}
+    matrix = raw["matrix"]
+    if (
+        not isinstance(matrix, dict)
+        or not matrix
+        or not all(
+            isinstance(values, dict)
+            and values
+            and all(isinstance(v, dict) for v in values.values())
+            for values in matrix.values()
+        )
+    ):
+        raise ConfigError(
+            f"{where}: 'matrix' must map each axis to {{value name: {{dotted.key: value}}}}"
+        )
+    base = {key: value for key, value in raw.items() if key != "matrix"}
+    combinations: list[tuple[list[str], list[dict]]] = [([], [])]
+    for values in matrix.values():
+        combinations = [
+            (labels + [label], chosen + [changes])
+            for labels, chosen in combinations
+            for label, changes in values.items()
+        ]
+    experiments = {}
+    for labels, chosen in combinations:
+        config = copy.deepcopy(base)
+        about = [config.get("description", "")]
+        for changes in chosen:
+            for key, value in changes.items():
+                if key == "about":
+                    about.append(value)
+                else:
+                    set_path(config, key, copy.deepcopy(value), where)
+        config["description"] = " ".join(text for text in about if text)
+        experiments["_".join([stem, *labels])] = config
+    return experiments
+
+
+def experiments() -> dict[str, tuple[Path, dict]]:
+    """Every shipped experiment (families expanded): name -> (its file, raw config)."""
+    found: dict[str, tuple[Path, dict]] = {}
+    for path in sorted(CONFIG_DIR.glob("*.json")):
+        for name, raw in expand(_read_json(path), path.stem, str(path)).items():
+            if name in found:
+                raise ConfigError(f"experiment {name} is defined by {found[name][0]} and {path}")
+            found[name] = (path, raw)
+    return found
+
+
+def find(name_or_path: str) -> tuple[Path, str, dict]:
+    """(file, experiment name, raw config) of an experiment name or a config path."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"no such config file: {path}")
+        members = expand(_read_json(path), path.stem, str(path))
+        if len(members) != 1:
+            raise ConfigError(
+                f"{path} is a family of {len(members)} experiments; name one: " + ", ".join(members)
+            )
+        ((name, raw),) = members.items()
+        return path, name, raw
+    known = experiments()
+    if name_or_path not in known:
+        raise ConfigError(f"unknown experiment '{name_or_path}'; known: {', '.join(known)}")
+    path, raw = known[name_or_path]
+    return path, name_or_path, raw
+
+
+def load(name_or_path: str, overrides: list[str] | None = None) -> dict:
+    """Read, apply ``key.path=value`` overrides (JSON values), validate and resolve a config."""
+    path, name, raw = find(name_or_path)
+    raw = copy.deepcopy(raw)
     for item in overrides or []:
         apply_override(raw, item)
     try:
-        return resolve(raw, name=path.stem)
+        return resolve(raw, name=name)
     except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from None
+        raise ConfigError(f"{path} ({name}): {error}") from None
+
+
+def set_path(raw: dict, key: str, value: Any, where: str = "override") -> None:
+    """Set the dotted ``key`` (``optim.lr``) of ``raw`` to ``value``."""
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: {key}: {part} is not an object")
+    node[parts[-1]] = value
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -268,14 +388,8 @@ def apply_override(raw: dict, item: str) -> None:
         value = json.loads(text)
     except json.JSONDecodeError:
         value = text
-    node = raw
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override '{item}': {part} is not an object")
-    node[parts[-1]] = value
+    set_path(raw, key, value, f"override '{item}'")
 
 
 def list_experiments() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+    return sorted(experiments())

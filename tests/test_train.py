@@ -85,6 +85,41 @@ def test_shipped_configs_are_valid():
         assert config["name"] == name and config["task"] in ("jsb", "braille")
 
 
+def test_families_expand_to_named_experiments(tmp_path):
+    names = cfg.list_experiments()
+    braille = [n for n in names if n.startswith("braille_")]
+    assert len(braille) == 12 and "braille_rlif_rram_v10" in braille
+    assert {f"jsb_alg_{m}" for m in ("bptt", "checkpoint", "bruno", "coarse")} <= set(names)
+    rlif = cfg.load("braille_rlif_rram_v10")
+    assert (rlif["model"]["neuron"], rlif["model"]["output_neuron"]) == ("rlif", "lif")
+    assert rlif["model"]["synapse"]["precision"] == "rram"
+    assert rlif["model"]["variability_sigma"] == 0.1 and rlif["optim"]["epochs"] == 20
+    assert "recurrent LIF" in rlif["description"] and rlif["group"] == "braille"
+    # a family file given by path is many experiments: the error names them
+    family = tmp_path / "fam.json"
+    family.write_text(json.dumps({**TINY, "matrix": {"size": {"s": {"model.hidden": 4}, "m": {}}}}))
+    with pytest.raises(cfg.ConfigError, match="family of 2 experiments; name one: fam_s, fam_m"):
+        cfg.load(str(family))
+    assert cfg.expand(json.loads(family.read_text()), "fam")["fam_s"]["model"]["hidden"] == 4
+    family.write_text(json.dumps({**TINY, "matrix": {"size": ["s", "m"]}}))
+    with pytest.raises(cfg.ConfigError, match="'matrix' must map each axis"):
+        cfg.load(str(family))
+
+
+@pytest.mark.parametrize(
+    "model, complaint",
+    [
+        ({"neuron": "lif", "algorithm": "bruno"}, "model.algorithm: only FeLIF layers use it"),
+        ({"neuron": "lif", "fine_steps": 10}, "model.fine_steps: only FeLIF layers use it"),
+        ({"kind": "lstm", "coarse_gradient": "euler"}, "model.coarse_gradient: only FeLIF"),
+        ({"neuron": "felif", "lif": {"tau_mem": 0.01}}, "model.lif: only LIF/RLIF layers"),
+    ],
+)
+def test_an_option_no_layer_reads_is_rejected(model, complaint):
+    with pytest.raises(cfg.ConfigError, match=complaint):
+        cfg.resolve({"task": "jsb", "model": model}, name="x")
+
+
 def test_felif_options_reach_the_layer():
     from pipelines import models
 
