@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from calibration import felif as F
+from calibration import spice
 
 # Parameters the synthetic stimuli determine. C_par is not among them: the compact step conserves
 # charge, so an interval needs Q = C_tot dV + 2 A Ps and C_par trades off against Ps (C_par within
@@ -126,7 +127,7 @@ def test_committed_preset_is_valid_and_readable_by_bruno():
         assert name in payload["parameters"] and name in payload["uncertainties"]
     prov = payload["provenance"]
     assert prov["netlist"] == "netlists/felif.cir"
-    assert prov["netlist_sha256"] == F.spice.netlist_hash(F.NETLIST), (
+    assert prov["netlist_sha256"] == spice.netlist_hash(F.NETLIST), (
         "netlists/felif.cir changed since calibration/presets/felif.json was calibrated: "
         "run `make calibrate`"
     )

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 
 from calibration import felif as F
+from calibration import spice
 
 pytestmark = pytest.mark.spice
 
 
 def _require_ngspice():
     try:
-        F.spice.find_ngspice_library()
-    except F.spice.NgspiceNotFoundError as error:
+        spice.find_ngspice_library()
+    except spice.NgspiceNotFoundError as error:
         pytest.skip(str(error))
 
 
@@ -127,7 +128,7 @@ def test_quick_calibrate_then_validate_into_a_temporary_directory(tmp_path):
     assert preset == tmp_path / "felif.json"
     payload = F.load_preset(preset)
     assert payload["provenance"]["quick"] is True
-    assert payload["provenance"]["netlist_sha256"] == F.spice.netlist_hash(F.NETLIST)
+    assert payload["provenance"]["netlist_sha256"] == spice.netlist_hash(F.NETLIST)
     assert payload["fit"]["n_evaluations"] >= 1
     ok = F.validate(quick=True, presets_dir=tmp_path, reports_dir=tmp_path / "validation")
     report = json.loads((tmp_path / "validation" / "felif.json").read_text())

@@ -131,7 +131,7 @@ def test_monte_carlo_surfaces_lost_samples(monkeypatch):
         failure = spice.RunFailure(1, jobs[1], "ConvergenceError: Timestep too small")
         return results, [failure]
 
-    monkeypatch.setattr(rram, "run_jobs", fake_run_jobs)
+    monkeypatch.setattr(rram.cell, "run_jobs", fake_run_jobs)
     per_state, failures, raw = rram.monte_carlo([50e-6, 200e-6], 3, seed=0)
     assert [len(s) for s in per_state] == [2, 3]
     assert failures == [
@@ -162,7 +162,7 @@ def test_set_with_compliance_then_read_grows_with_the_programming_current():
 @pytest.mark.spice
 def test_reset_lowers_the_state():
     deck = spice.set_parameters(
-        rram._deck(rram.NETLIST),
+        rram.cell._deck(rram.NETLIST),
         {"v_set": 0.0, "v_reset": 1.6, "n_init": 2.0, "t_pulse": 200e-9},
     )
     result = spice.simulate(deck, "tran 0.1n 260n 0 1n uic", name="rram RESET")

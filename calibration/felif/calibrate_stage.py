@@ -1,0 +1,297 @@
+"""FeLIF calibration stage: fit the compact model to ngspice on the training stimuli and write the
+preset (values, uncertainties, the lmfit result, provenance)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration import (
+    presets_location,
+    spice,
+)
+from calibration.felif.common import (
+    CONVERGED_CHI2_FACTOR,
+    DT,
+    DTYPE,
+    FIT_FIELDS,
+    NETLIST,
+    PRESET,
+    PRESET_NAME,
+    SCHEMA,
+    START_POINTS,
+    FeLIFCalibrationError,
+    PresetError,
+)
+from calibration.felif.fit import (
+    SIGMA_INTERVAL,
+    SIGMA_P,
+    SIGMA_V,
+    TRACE_SAMPLE,
+    TRACE_WEIGHT,
+    Target,
+    design_parameters,
+    fit,
+    fitted_si,
+)
+from calibration.felif.stimuli import training_stimuli
+from calibration.felif.traces import spice_runs
+from calibration.provenance import display_path, now_utc, versions
+
+# ---------------------------------------------------------------------------------------------
+# Presets
+# ---------------------------------------------------------------------------------------------
+
+
+def load_preset(path: str | Path = PRESET) -> dict[str, Any]:
+    """Read and check a FeLIF preset; every problem names the file and the field."""
+    from bruno import felif
+
+    path = Path(path)
+    if not path.exists():
+        raise PresetError(f"{path}: no FeLIF preset here; run `make calibrate` to create it")
+    try:
+        payload = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PresetError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(payload, dict):
+        raise PresetError(f"{path}: expected a JSON object, got {type(payload).__name__}")
+    if payload.get("schema") != SCHEMA:
+        raise PresetError(f"{path}: 'schema' is {payload.get('schema')!r}, expected {SCHEMA!r}")
+    if payload.get("device") != "felif":
+        raise PresetError(f"{path}: 'device' is {payload.get('device')!r}, expected 'felif'")
+    parameters = payload.get("parameters")
+    if not isinstance(parameters, dict) or not parameters:
+        raise PresetError(f"{path}: 'parameters' must be a non-empty object of field: value")
+    fields = {f.name for f in dataclasses.fields(felif.FeLIFParameters)}
+    for name, value in parameters.items():
+        if name not in fields:
+            raise PresetError(
+                f"{path}: parameters.{name} is not a FeLIFParameters field "
+                f"(known: {sorted(fields)})"
+            )
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise PresetError(f"{path}: parameters.{name} = {value!r} is not a finite number")
+        signed = {"reset_voltage", "threshold_voltage"}
+        if name not in signed and value < 0:
+            raise PresetError(f"{path}: parameters.{name} = {value!r} must not be negative")
+    for section in ("provenance", "fit"):
+        if not isinstance(payload.get(section), dict):
+            raise PresetError(f"{path}: '{section}' section is missing")
+    return payload
+
+
+def preset_parameters(path: str | Path = PRESET) -> dict[str, float]:
+    return {k: float(v) for k, v in load_preset(path)["parameters"].items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration
+# ---------------------------------------------------------------------------------------------
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats become None (JSON has no NaN/Inf)."""
+    if isinstance(value, dict):
+        return {str(k): _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _lmfit_dump(result) -> dict[str, Any]:
+    """The lmfit MinimizerResult in JSON: parameters (fit units), statistics, covariance."""
+    return _finite_or_none(
+        {
+            "params": json.loads(result.params.dumps()),
+            "var_names": list(result.var_names),
+            "init_values": dict(result.init_values),
+            "covar": None if result.covar is None else np.asarray(result.covar).tolist(),
+            "nfev": result.nfev,
+            "nvarys": result.nvarys,
+            "ndata": result.ndata,
+            "nfree": result.nfree,
+            "chisqr": result.chisqr,
+            "redchi": result.redchi,
+            "aic": result.aic,
+            "bic": result.bic,
+            "success": result.success,
+            "errorbars": result.errorbars,
+            "message": result.message,
+        }
+    )
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def calibrate(
+    quick: bool = False, presets_dir: str | Path | None = None, netlist: str | Path = NETLIST
+) -> Path:
+    """Fit the compact model to ngspice on the training stimuli; write ``<presets_dir>/felif.json``
+    (locations: :mod:`calibration`) and return its path."""
+    import lmfit
+
+    output = presets_location(quick, presets_dir, writing=True) / PRESET_NAME
+    stimuli = training_stimuli(quick)
+    fixed = design_parameters(netlist)
+    _say(f"felif calibrate: {len(stimuli)} training stimuli through ngspice ({Path(netlist).name})")
+    start = time.perf_counter()
+    traces = spice_runs(stimuli, netlist, progress="ngspice felif")
+    spice_wall = time.perf_counter() - start
+    for stimulus, trace in zip(stimuli, traces, strict=True):
+        if len(trace.spike_times) == 0:
+            raise FeLIFCalibrationError(
+                f"training stimulus {stimulus.name!r}: the SPICE neuron never fired in "
+                f"{stimulus.duration} s; the stimulus or the netlist is outside the working range"
+            )
+        _say(
+            f"  {stimulus.name}: {len(trace.spike_times)} spikes, first at "
+            f"{trace.spike_times[0] * 1e3:.3f} ms ({trace.wall_s:.1f} s, {trace.points} points)"
+        )
+    targets = [Target(s, t) for s, t in zip(stimuli, traces, strict=True)]
+    # Levenberg-Marquardt is local and stalls in shallow valleys (activation field against
+    # interlayer thickness, leak against discharge current): a few fixed starts (never the previous
+    # preset, so a calibration does not depend on the last one); the best is kept.
+    starts = START_POINTS[:1] if quick else START_POINTS
+    attempts = []
+    best = None
+    total_batches = 0
+    for number, start_values in enumerate(starts, 1):
+        _say(
+            f"felif calibrate: fit from start {number}/{len(starts)} "
+            f"{start_values or '(paper values)'}"
+        )
+        result, problem = fit(
+            targets, start=start_values, fixed=fixed, max_nfev=20 if quick else 60, log=_say
+        )
+        attempts.append(
+            {
+                "start": dict(start_values),
+                "chi_square": _finite_or_none(result.chisqr),
+                "n_evaluations": int(result.nfev),
+                "success": bool(result.success),
+                "fitted": fitted_si(result, problem)[0],
+            }
+        )
+        total_batches += problem.n_batches
+        if np.isfinite(result.chisqr) and (best is None or result.chisqr < best[0].chisqr):
+            best = (result, problem)
+    if best is None:
+        raise FeLIFCalibrationError(f"felif fit failed from every start: {attempts}")
+    result, problem = best
+    converged = [
+        a
+        for a in attempts
+        if a["chi_square"] is not None and a["chi_square"] <= CONVERGED_CHI2_FACTOR * result.chisqr
+    ]
+    start_spread = {
+        field: [
+            min(a["fitted"][field] for a in converged),
+            max(a["fitted"][field] for a in converged),
+        ]
+        for field in FIT_FIELDS
+    }
+    if not np.isfinite(result.chisqr):
+        raise FeLIFCalibrationError(f"felif fit failed: chi-square is {result.chisqr}")
+    fitted, uncertainties, correlations = fitted_si(result, problem)
+    parameters = {**fixed, **fitted, "input_gain": 1.0}
+    # fields neither fitted nor designed in the netlist keep bruno's defaults (written out, so
+    # the preset is complete)
+    from bruno import felif, presets
+
+    defaults = felif.FeLIFParameters()
+    for f in dataclasses.fields(defaults):
+        parameters.setdefault(f.name, float(getattr(defaults, f.name)))
+    payload = {
+        "schema": SCHEMA,
+        "device": "felif",
+        "parameters": parameters,
+        "uncertainties": uncertainties,
+        "correlations": correlations,
+        "variability": {  # the trainer's defaults (bruno.presets), recorded with the fit
+            "sigma": presets.DEFAULT_VARIABILITY_SIGMA,
+            "fields": list(presets.DEFAULT_VARIABILITY_FIELDS),
+        },
+        "fit": {
+            "method": "lmfit leastsq (Levenberg-Marquardt), bounded Parameters, batched "
+            "forward-difference Jacobian",
+            "fitted": list(FIT_FIELDS),
+            "variables": {
+                v.field: {
+                    "lmfit_name": v.name,
+                    "unit_SI": None if v.log10 else v.unit,
+                    "log10": v.log10,
+                    "bounds_fit_units": [v.lower, v.upper],
+                    "bounds_SI": [v.to_si(v.lower), v.to_si(v.upper)],
+                }
+                for v in problem.variables
+            },
+            "fixed_from_netlist": fixed,
+            "chi_square": float(result.chisqr),
+            "reduced_chi_square": float(result.redchi),
+            "n_data": int(result.ndata),
+            "n_evaluations": int(result.nfev),
+            "compact_batches": problem.n_batches,
+            "compact_batches_all_starts": total_batches,
+            "starts": attempts,
+            "start_spread": {
+                "converged_starts": len(converged),
+                "chi2_factor": CONVERGED_CHI2_FACTOR,
+                "range_SI": start_spread,
+                "note": "min/max over the starts that reached chi-square within chi2_factor of "
+                "the best: a global view of how well each parameter is determined, next to "
+                "lmfit's local standard errors",
+            },
+            "success": bool(result.success),
+            "message": str(result.message),
+            "residual_weights": {
+                "interval_relative_sigma": SIGMA_INTERVAL,
+                "v_sigma_V": SIGMA_V,
+                "p_sigma_C_m2": SIGMA_P,
+                "trace_weight": TRACE_WEIGHT,
+                "trace_sample_s": TRACE_SAMPLE,
+            },
+            "lmfit_result": _lmfit_dump(result),
+            "report": lmfit.fit_report(result),
+            "dt_s": DT,
+            "dtype": DTYPE,
+            "wall_s": {"ngspice": spice_wall, "compact": problem.compact_wall},
+        },
+        "provenance": {
+            "netlist": display_path(netlist),
+            "netlist_sha256": spice.netlist_hash(netlist),
+            "stimuli": [s.describe() for s in stimuli],
+            "spice_spike_times_s": {
+                s.name: t.spike_times.tolist() for s, t in zip(stimuli, traces, strict=True)
+            },
+            "versions": versions(),
+            "created_utc": now_utc(),
+            "quick": quick,
+            "command": "python -m calibration calibrate felif"
+            + (" --quick" if quick else "")
+            + (f" --presets {presets_dir}" if presets_dir is not None else ""),
+        },
+    }
+    from bruno.io import atomic_write_json
+
+    atomic_write_json(output, payload)
+    _say(lmfit.fit_report(result))
+    _say(f"felif calibrate: wrote {output}")
+    return output

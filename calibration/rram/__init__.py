@@ -1,0 +1,90 @@
+"""RRAM synapse calibration: 1T1R JART VCM v1b cell in ngspice -> 3-bit conductance levels.
+
+SPICE decks: ``netlists/rram.cir`` (1T1R programming: SET with compliance, or RESET),
+``netlists/rram_read.cir`` (read at a small voltage), both including ``netlists/rram_cell.inc``.
+
+``calibrate`` sweeps the programming (compliance) current for the nominal cell and the
+variability corners (the paper's Fig. 4a), fits a conductance-vs-programming-current law with lmfit,
+picks eight programming currents for the 3-bit states, runs a Monte-Carlo over the device-to-device
+variability (recycled worker processes, failures reported per device) and fits each state's
+distribution (Fig. 4b). It writes ``rram.json`` into the preset directory atomically.
+
+``validate`` checks the calibrated law against SPICE at programming currents the fit never
+saw (between and beyond the fitted points) and the calibrated distributions against a fresh
+Monte-Carlo (different seed, two-sample KS per state); it writes ``rram.json`` and the two figures
+(Fig. 4a, 4b) into the reports directory. Signatures and default locations are those of every device
+module (:mod:`calibration`).
+
+Programming protocol: each device starts in its RESET state (N_disc = its N_discmin) and gets one
+SET pulse with the compliance current; the read is at 0.2 V (SET polarity) on the cell alone.
+Device-to-device variability: r_fil, l_disc, N_discmax uniform over the JART v1b bounds, N_discmin
+log-uniform over 4e-3..0.25 (assumed shapes; the source gives bounds only). Devices whose N_discmin
+exceeds the filament a low compliance grows cannot be programmed that low: they make the lowest
+states overlap, which the validation report names (the synapse layer samples the calibrated
+per-state Monte-Carlo conductances, so training sees it).
+
+Layout: ``common`` (decks, bounds, conditions, the device), ``cell`` (ngspice programming and
+reads, batches), ``law`` (conductance law and level statistics), ``calibrate_stage`` and
+``validate_stage`` (the stages, with the signatures of every device module: :mod:`calibration`).
+The names below are the public API.
+"""
+
+from calibration.rram import cell  # noqa: F401,E402  (tests patch its run_jobs)
+from calibration.rram.calibrate_stage import (  # noqa: F401
+    calibrate,
+    load_preset,
+)
+from calibration.rram.cell import (  # noqa: F401
+    MAX_STEPS,
+    corner_devices,
+    monte_carlo,
+    program,
+    program_and_read,
+    read,
+    run_jobs,
+    sample_devices,
+    sweep,
+)
+from calibration.rram.common import (  # noqa: F401
+    BOUNDS,
+    CALIBRATION_SEED,
+    CYCLE_TO_CYCLE_READ_NOISE_REL,
+    CYCLE_TO_CYCLE_SOURCE,
+    FIT_CURRENTS,
+    HELD_OUT_CURRENTS,
+    I_PROG_MAX,
+    I_PROG_MIN,
+    LAW_NAME,
+    LEVEL_CURRENT_RANGE,
+    N_LEVELS,
+    NETLIST,
+    NOMINAL,
+    PRESET_NAME,
+    PRESET_PATH,
+    READ_NETLIST,
+    READ_VOLTAGE,
+    SCHEMA,
+    SEPARATION_SIGMAS,
+    T_PULSE,
+    TOL_LEVEL_REL_ERROR,
+    V_SET,
+    VALIDATION_SEED,
+    Device,
+    RRAMError,
+    check_device,
+    check_programming_current,
+)
+from calibration.rram.law import (  # noqa: F401
+    conductance_law,
+    fit_conductance_law,
+    fit_distribution,
+    invert_law,
+    ks_critical,
+    law_from_payload,
+    level_currents,
+    robust_separations,
+    separations,
+)
+from calibration.rram.validate_stage import (  # noqa: F401
+    validate,
+)

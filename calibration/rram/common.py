@@ -1,0 +1,152 @@
+"""RRAM calibration: the decks, the JART VCM v1b variability bounds, programming and read
+conditions, the programming currents swept and held out, tolerances, and the device description."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from calibration import (
+    COMMITTED_PRESETS,
+    CalibrationError,
+)
+
+PRESET_NAME = "rram.json"
+
+
+PRESET_PATH = COMMITTED_PRESETS / PRESET_NAME  # the committed preset of the shipped device
+
+
+NETLIST = "rram.cir"
+
+
+READ_NETLIST = "rram_read.cir"
+
+
+SCHEMA = "bruno.rram-preset/1"
+
+
+#: JART VCM v1b nominal values of the parameters that vary from device to device (SI units, except
+#: N in 1e26 m^-3), and the variability bounds (Bengel et al. 2020).
+NOMINAL: dict[str, float] = {"r_fil": 45e-9, "l_disc": 0.4e-9, "ndiscmin": 0.008, "ndiscmax": 20.0}
+
+
+BOUNDS: dict[str, tuple[float, float]] = {
+    "r_fil": (40.5e-9, 49.5e-9),
+    "l_disc": (0.36e-9, 0.44e-9),
+    "ndiscmin": (4e-3, 0.25),
+    "ndiscmax": (18.0, 22.0),
+}
+
+
+#: Programming conditions (see netlists/rram.cir). The SET pulse is long enough that the programmed
+#: state is set by the compliance current (self-limiting), not by the pulse width.
+V_SET = 2.0
+
+
+T_PULSE = 200e-9
+
+
+READ_VOLTAGE = 0.2
+
+
+#: The cell's useful programming-current range: below it the SET does not complete within the
+#: pulse for every device in the bounds (the state stays near N_discmin); above it the access
+#: transistor leaves saturation at V_SET (no compliance) and N_disc approaches N_discmax.
+I_PROG_MIN = 20e-6
+
+
+I_PROG_MAX = 400e-6
+
+
+#: Assumed cycle-to-cycle read noise (relative, 1 sigma). SPICE here is deterministic, so this is an
+#: assumption, not a measurement: read-to-read fluctuations of a few percent are typical for the
+#: low-resistance states of filamentary HfOx cells in the literature.
+CYCLE_TO_CYCLE_READ_NOISE_REL = 0.02
+
+
+CYCLE_TO_CYCLE_SOURCE = (
+    "assumption (not from SPICE, which is deterministic): 2 % relative 1-sigma read-to-read "
+    "fluctuation, the order of magnitude reported for low-resistance states of filamentary HfOx "
+    "VCM cells (1-5 %); replace with a measured value for your devices"
+)
+
+
+#: Validation tolerances.
+TOL_LEVEL_REL_ERROR = 0.03
+
+
+SEPARATION_SIGMAS = 3.0
+
+
+class RRAMError(CalibrationError, ValueError):
+    """A request the RRAM calibration cannot honour (bad input, a failed sweep)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """Device-to-device parameters of one cell (the JART v1b variability parameters)."""
+
+    r_fil: float = NOMINAL["r_fil"]
+    l_disc: float = NOMINAL["l_disc"]
+    ndiscmin: float = NOMINAL["ndiscmin"]
+    ndiscmax: float = NOMINAL["ndiscmax"]
+
+    def parameters(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+NOMINAL_DEVICE = Device()  # the JART VCM v1b nominal cell
+
+
+def check_programming_current(i_prog: float) -> float:
+    """``i_prog`` as a float, or an error naming the cell's useful range."""
+    try:
+        value = float(i_prog)
+    except (TypeError, ValueError):
+        raise RRAMError(f"programming current {i_prog!r} is not a number") from None
+    if not math.isfinite(value) or not (
+        I_PROG_MIN * (1 - 1e-9) <= value <= I_PROG_MAX * (1 + 1e-9)
+    ):
+        raise RRAMError(
+            f"programming current {value!r} A is outside the cell's useful range "
+            f"[{I_PROG_MIN:g}, {I_PROG_MAX:g}] A (below it the SET does not complete for every "
+            "device in the variability bounds; above it the access transistor loses compliance)"
+        )
+    return value
+
+
+def check_device(device: Device) -> Device:
+    for name, value in device.parameters().items():
+        if not math.isfinite(value) or value <= 0:
+            raise RRAMError(f"device parameter {name}={value!r} must be a positive number")
+    if device.ndiscmin >= device.ndiscmax:
+        raise RRAMError(f"ndiscmin={device.ndiscmin} must be below ndiscmax={device.ndiscmax}")
+    return device
+
+
+#: Programming currents of the nominal sweep the conductance law is fitted to, and the held-out
+#: ones used only by ``validate`` (between the fitted points and beyond both ends of the fit).
+FIT_CURRENTS = tuple(float(x) for x in np.geomspace(30e-6, 350e-6, 12))
+
+
+HELD_OUT_CURRENTS = (20e-6, 25e-6, 41e-6, 67e-6, 105e-6, 175e-6, 280e-6, 380e-6, 400e-6)
+
+
+#: Conductance range the eight states are spread over (equally spaced in conductance between the
+#: law's values at these two currents; the synapse layer maps weights linearly onto conductance).
+LEVEL_CURRENT_RANGE = (30e-6, 400e-6)
+
+
+N_LEVELS = 8
+
+
+LAW_NAME = "1/G = r_s + 1/(k x^(p + q ln x)), x = I_prog / 100 uA"
+
+
+CALIBRATION_SEED = 20250523
+
+
+VALIDATION_SEED = 777
