@@ -21,7 +21,7 @@ NATIVE_BUILD ?= $(or $(BRUNO_NATIVE_DIR),bruno/kernels/build)
 export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup native test lint smoke calibrate validate train sweep bench report clean
+.PHONY: all setup native test lint smoke calibrate validate train sweep bench report diagnose clean
 
 # The stages run one after another even under `make -j`: each needs the previous one's output.
 all: setup  ## the main job: calibrate -> validate -> train (default experiment) -> report
@@ -63,6 +63,9 @@ sweep: setup  ## every seed of a group's experiments in parallel: make sweep GRO
 
 bench: setup  ## memory/time benchmark BRUNO vs BPTT vs checkpointing; fine-path throughput
 	$(PY) -m pipelines bench $(ARGS)
+
+diagnose: setup  ## BRUNO's gradient vs BPTT's on one batch: make diagnose ARGS="braille_felif_fp_v0"
+	$(PY) -m pipelines diagnose $(ARGS)
 
 report: setup  ## gather results/train/* into tables and figures
 	$(PY) -m pipelines report $(ARGS)

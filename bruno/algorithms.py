@@ -10,9 +10,9 @@ reset (the layer does those, identically for all algorithms):
                 (``x_c + stopgrad(x_f - x_c)``): the values are the fine values exactly, the
                 gradients those of the single coarse step. Only per-coarse-step tensors are saved.
                 ``coarse_gradient`` picks the coarse step (:data:`COARSE_STEPS`):
-                ``"implicit"`` (default) :func:`implicit_coarse_step`, a linearly implicit Euler
-                step with the Jacobian ``(1 - dt J)^-1`` given analytically (J by autograd of
-                bruno.felif.derivatives);
+                ``"implicit"`` (default) :func:`implicit_coarse_step`, the gradient of a linearly
+                implicit Euler step, Jacobian ``(1 - dt J)^-1`` given analytically (J by autograd
+                of bruno.felif.derivatives);
                 ``"euler"`` autograd through :func:`bruno.felif.euler_step` at ``coarse_dt``, the
                 SPEC's literal form. That step integrates P exponentially at frozen field
                 (dP'/dP = exp(-dt*rate) in (0, 1]), but at dt = 1 ms its sensitivity to the field,
@@ -87,7 +87,7 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
 
 
 def _jacobian(state: FeLIFState, current: torch.Tensor, p: FeLIFParameters):
-    """Per-neuron ``f = (dv/dt, dP/dt)``, the entries of ``J = df/d(v, P)`` and ``d(dv/dt)/dI``,
+    """Per-neuron ``f = (dv/dt, dP/dt)`` and the entries of ``J = df/d(v, P)`` and ``d(dv/dt)/dI``,
     by autograd of :func:`bruno.felif.derivatives` (the equations are not restated). Every neuron
     is independent, so the gradient of a sum gives the diagonal entries."""
     with torch.enable_grad():
@@ -100,28 +100,27 @@ def _jacobian(state: FeLIFState, current: torch.Tensor, p: FeLIFParameters):
     return (dv.detach(), dpol.detach()), (j_vv, j_vp, j_vi, j_pv, j_pp)
 
 
-class _LinearlyImplicitStep(torch.autograd.Function):
-    """``y1 = y0 + (1 - dt J)^-1 dt f(y0, I)`` per neuron (2x2), with the Jacobians of the frozen-J
-    step, ``dy1/dy0 = (1 - dt J)^-1`` and ``dy1/dI = (1 - dt J)^-1 dt df/dI``, given analytically.
+class _LinearlyImplicitJacobian(torch.autograd.Function):
+    """Identity in value; backward through one linearly implicit Euler step of ``dt``,
+    ``y1 = y0 + dt f(y0, I) + dt J (y1 - y0)``, whose Jacobians ``dy1/dy0 = (1 - dt J)^-1`` and
+    ``dy1/dI = (1 - dt J)^-1 dt df/dI`` (per neuron, 2x2) are applied analytically.
 
     On the stiff switching law ``J`` has one eigenvalue near 0 (charge C v + A P is conserved by
     switching) and one large negative one, so ``1 - dt J`` is well conditioned (det >= 1). The
     explicit linearisation ``1 + dt J`` has an eigenvalue of about ``1 - dt |lambda|`` (~ -1e3 at
     1 ms); autograd through one 1 ms :func:`bruno.felif.euler_step` (exponential in P) avoids that
     one but not the large field sensitivity of the rate, and its gradients through time explode
-    as well (module docstring).
+    as well (module docstring). The step's *values* are not computed: BRUNO uses the fine path's,
+    and on the stiff law ``dt f`` overflows float32 where the membrane sits at the clip.
     """
 
     @staticmethod
     def forward(ctx, v, pol, current, p, dt):
-        (f_v, f_p), jac = _jacobian(FeLIFState(v, pol), current, p)
-        j_vv, j_vp, _, j_pv, j_pp = jac
-        a, b, c, d = 1 - dt * j_vv, -dt * j_vp, -dt * j_pv, 1 - dt * j_pp
-        det = a * d - b * c
+        _, jac = _jacobian(FeLIFState(v, pol), current, p)
         ctx.save_for_backward(*jac)
         ctx.dt = dt
         ctx.current_shape = current.shape
-        return v + dt * (d * f_v - b * f_p) / det, pol + dt * (-c * f_v + a * f_p) / det
+        return v.clone(), pol.clone()
 
     @staticmethod
     def backward(ctx, grad_v, grad_p):
@@ -141,9 +140,10 @@ class _LinearlyImplicitStep(torch.autograd.Function):
 def implicit_coarse_step(
     state: FeLIFState, current: torch.Tensor, p: FeLIFParameters, dt: float
 ) -> FeLIFState:
-    """One linearly implicit Euler step of ``dt`` whose backward is given analytically
-    (:class:`_LinearlyImplicitStep`): BRUNO's default coarse gradient."""
-    return FeLIFState(*_LinearlyImplicitStep.apply(state.v, state.polarization, current, p, dt))
+    """BRUNO's default coarse gradient: a state equal in value to ``state`` whose gradient is that
+    of one linearly implicit Euler step of ``dt`` (:class:`_LinearlyImplicitJacobian`). Only its
+    gradient enters :func:`combine`."""
+    return FeLIFState(*_LinearlyImplicitJacobian.apply(state.v, state.polarization, current, p, dt))
 
 
 #: The coarse steps whose gradient BRUNO can use (``coarse_gradient``; module docstring).

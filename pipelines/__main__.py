@@ -1,6 +1,6 @@
-"""`python -m pipelines {train,sweep,bench,report} [args...]`: dispatches to the stage's module.
+"""`python -m pipelines {train,sweep,bench,report,diagnose} [args...]`: runs the stage's module.
 
-``pipelines.train``, ``pipelines.sweep``, ``pipelines.bench`` and ``pipelines.report`` each provide
+``pipelines.train``, ``sweep``, ``bench``, ``report`` and ``diagnose`` each provide
 ``main(argv) -> int``.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-STAGES = ("train", "sweep", "bench", "report")
+STAGES = ("train", "sweep", "bench", "report", "diagnose")
 
 
 def main(argv: list[str] | None = None) -> int:

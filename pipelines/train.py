@@ -20,36 +20,44 @@ normalised by the *global* batch, so the gradients equal a single-process run at
 batch. Only rank 0 writes files.
 
 Faults: a non-finite loss, output or parameter stops the run with a message naming the epoch and
-batch; the last good checkpoint (written only after a finite epoch) is kept. For tests,
-``BRUNO_FAULT=kill@E.B`` kills the process (SIGKILL) at epoch E batch B, ``BRUNO_FAULT=nan@E.B``
-makes that batch's loss NaN.
+batch; the last good checkpoint (written only after a finite epoch) is kept. Tests inject faults
+(a killed process, a NaN loss) through :data:`BATCH_HOOKS`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import os
 import random
-import resource
-import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipelines import config as cfg
 from pipelines import datasets as ds
 from pipelines import models
+from pipelines.distributed import Dist
+from pipelines.runfiles import (
+    peak_rss_mb,
+    plot_curves,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_csv,
+    write_json,
+)
+from pipelines.tasks import make_task
 
 RESULTS_DIR = Path("results/train")
-FAULT_ENV = "BRUNO_FAULT"
+#: Called with ``(epoch, batch, loss)`` (1-based) after each training batch's loss, returning the
+#: loss to use; empty in production. Tests inject faults through it (tests/fault_injection.py).
+BATCH_HOOKS: list[Callable[[int, int, torch.Tensor], torch.Tensor]] = []
 
 
 class TrainingDiverged(RuntimeError):
@@ -57,273 +65,7 @@ class TrainingDiverged(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Distributed helpers
-
-
-class Dist:
-    """The process group (or a single process): rank, world size, device, reductions."""
-
-    def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.initialised = False
-        if torch.cuda.is_available() and os.environ.get("BRUNO_DEVICE", "") != "cpu":
-            self.device = torch.device("cuda", self.local_rank)
-            torch.cuda.set_device(self.device)
-        else:
-            self.device = torch.device("cpu")
-        if self.world > 1:
-            import torch.distributed as dist
-
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            dist.init_process_group(backend=backend)
-            self.initialised = True
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, values: list[float]) -> list[float]:
-        if not self.initialised:
-            return values
-        import torch.distributed as dist
-
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return tensor.tolist()
-
-    def any(self, flag: bool) -> bool:
-        return self.sum([1.0 if flag else 0.0])[0] > 0
-
-    def barrier(self):
-        if self.initialised:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def close(self):
-        if self.initialised:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-            self.initialised = False
-
-
-# --------------------------------------------------------------------------------------------------
-# Data
-
-
-class JSBTask:
-    select_key, select_mode = "valid_nll_per_step", "min"
-
-    def __init__(self, config: dict):
-        data = config["data"]
-        rolls = ds.load_jsb(data["grid"])
-        if data["max_frames"]:
-            rolls = {k: [r[: data["max_frames"]] for r in v] for k, v in rolls.items()}
-        if data["max_train"]:
-            rolls["train"] = rolls["train"][: data["max_train"]]
-        if data["max_eval"]:
-            for split in ("valid", "test"):
-                rolls[split] = rolls[split][: data["max_eval"]]
-        self.rolls = rolls
-
-    def size(self, split: str) -> int:
-        return len(self.rolls[split])
-
-    def batch(self, split: str, index: list[int], device):
-        inputs, targets, mask = ds.jsb_batch([self.rolls[split][i] for i in index])
-        return inputs.to(device), targets.to(device), mask.to(device)
-
-    def normaliser(self, split: str, index: list[int]) -> float:
-        return float(sum(self.rolls[split][i].shape[0] - 1 for i in index))
-
-    @staticmethod
-    def loss_sum(logits, targets, mask) -> torch.Tensor:
-        bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1)
-        return (bce * mask).sum()
-
-    @staticmethod
-    def eval_sums(logits, targets, mask) -> list[float]:
-        nll = JSBTask.loss_sum(logits, targets, mask)
-        predicted = (torch.sigmoid(logits) > 0.5).float() * mask.unsqueeze(-1)
-        truth = targets * mask.unsqueeze(-1)
-        tp = (predicted * truth).sum()
-        fp = (predicted * (1 - truth)).sum()
-        fn = ((1 - predicted) * truth).sum()
-        return [nll.item(), mask.sum().item(), tp.item(), fp.item(), fn.item()]
-
-    @staticmethod
-    def eval_metrics(sums: list[float], split: str) -> dict:
-        nll, frames, tp, fp, fn = sums
-        return {
-            f"{split}_nll_per_step": nll / max(frames, 1.0),
-            f"{split}_frame_accuracy": tp / max(tp + fp + fn, 1.0),
-            f"{split}_frames": int(frames),
-        }
-
-
-class BrailleTask:
-    select_key, select_mode = "valid_accuracy", "max"
-
-    def __init__(self, config: dict):
-        data = config["data"]
-        loaded = ds.load_braille(
-            n_steps=data["n_steps"], split_seed=data["split_seed"], fractions=data["fractions"]
-        )
-        self.inputs, self.labels = loaded.inputs, loaded.labels
-        self.splits = {k: v.clone() for k, v in loaded.splits.items()}
-        rng = np.random.default_rng(data["split_seed"] + 12345)
-        for split, limit in (
-            ("train", data["max_train"]),
-            ("valid", data["max_eval"]),
-            ("test", data["max_eval"]),
-        ):
-            if limit and limit < len(self.splits[split]):
-                self.splits[split] = _stratified_subset(self.splits[split], self.labels, limit, rng)
-
-    def size(self, split: str) -> int:
-        return len(self.splits[split])
-
-    def batch(self, split: str, index: list[int], device):
-        rows = self.splits[split][index]
-        inputs = self.inputs[rows].transpose(0, 1).contiguous()  # [T, B, 24]
-        return inputs.to(device), self.labels[rows].to(device), None
-
-    def normaliser(self, split: str, index: list[int]) -> float:
-        return float(len(index))
-
-    @staticmethod
-    def loss_sum(logits, labels, _mask) -> torch.Tensor:
-        return F.cross_entropy(logits, labels, reduction="sum")
-
-    @staticmethod
-    def eval_sums(logits, labels, _mask) -> list[float]:
-        loss = F.cross_entropy(logits, labels, reduction="sum")
-        correct = (logits.argmax(-1) == labels).sum()
-        return [loss.item(), float(labels.numel()), correct.item()]
-
-    @staticmethod
-    def eval_metrics(sums: list[float], split: str) -> dict:
-        loss, count, correct = sums
-        return {
-            f"{split}_loss": loss / max(count, 1.0),
-            f"{split}_accuracy": correct / max(count, 1.0),
-            f"{split}_samples": int(count),
-        }
-
-
-def _stratified_subset(index: torch.Tensor, labels: torch.Tensor, limit: int, rng) -> torch.Tensor:
-    index = index.numpy()
-    classes = np.unique(labels.numpy())
-    per_class = max(1, limit // len(classes))
-    keep = []
-    for label in classes:
-        members = index[labels.numpy()[index] == label]
-        keep.append(rng.permutation(members)[:per_class])
-    return torch.from_numpy(np.sort(np.concatenate(keep))).long()
-
-
-def make_task(config: dict):
-    return JSBTask(config) if config["task"] == "jsb" else BrailleTask(config)
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoints and files
-
-
-def _save(path: Path, payload: dict) -> None:
-    from bruno.io import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _rng_state() -> dict:
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _write_json(path: Path, payload) -> None:
-    from bruno.io import atomic_write_json
-
-    atomic_write_json(path, payload)
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    from bruno.io import atomic_write_text
-
-    if not rows:
-        return
-    keys = list(rows[0])
-    for row in rows[1:]:
-        keys += [k for k in row if k not in keys]
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, out.getvalue())
-
-
-def plot_curves(path: Path, history: list[dict], title: str, select_key: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    axes[0].plot(epochs, [row["train_loss"] for row in history], "o-", label="train")
-    valid_loss = "valid_nll_per_step" if "valid_nll_per_step" in history[0] else "valid_loss"
-    axes[0].plot(epochs, [row[valid_loss] for row in history], "s-", label="validation")
-    axes[0].set_xlabel("epoch")
-    axes[0].set_ylabel("NLL per step (nats)" if "nll" in valid_loss else "cross-entropy")
-    axes[0].legend()
-    second = "valid_frame_accuracy" if "valid_frame_accuracy" in history[0] else "valid_accuracy"
-    axes[1].plot(epochs, [row[second] for row in history], "s-", color="C1")
-    axes[1].set_xlabel("epoch")
-    axes[1].set_ylabel(second.replace("_", " "))
-    fig.suptitle(title)
-    fig.tight_layout()
-    from bruno.io import atomic_save_figure
-
-    atomic_save_figure(fig, path, dpi=110)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
-# --------------------------------------------------------------------------------------------------
 # Training
-
-
-def _fault() -> tuple[str, int, int] | None:
-    spec = os.environ.get(FAULT_ENV, "")
-    if not spec:
-        return None
-    try:
-        kind, where = spec.split("@")
-        epoch, batch = where.split(".")
-        return kind, int(epoch), int(batch)
-    except ValueError:
-        raise SystemExit(
-            f"{FAULT_ENV}={spec!r}: expected kill@EPOCH.BATCH or nan@EPOCH.BATCH"
-        ) from None
 
 
 def _optimiser(params, optim: dict):
@@ -367,7 +109,7 @@ def evaluate(model, task, split: str, batch_size: int, dist: Dist) -> dict:
 
 
 def _zero_sums(task) -> list[float]:
-    return [0.0] * (5 if isinstance(task, JSBTask) else 3)
+    return [0.0] * task.eval_sum_count
 
 
 def run_one(config: dict, seed: int, run_dir: Path, dist: Dist, fresh=False, progress=True):
@@ -410,7 +152,7 @@ def run_one(config: dict, seed: int, run_dir: Path, dist: Dist, fresh=False, pro
                 print(f"train: {run_dir} is complete (use --fresh to run it again)")
             return json.loads(metrics_path.read_text())
     if dist.main:
-        _write_json(config_path, resolved)
+        write_json(config_path, resolved)
 
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -426,9 +168,7 @@ def run_one(config: dict, seed: int, run_dir: Path, dist: Dist, fresh=False, pro
         optimiser.load_state_dict(state["optimiser"])
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
         elapsed = state.get("elapsed", 0.0)
-        _set_rng_state(
-            state["rng"][dist.rank] if dist.rank < len(state["rng"]) else state["rng"][0]
-        )
+        set_rng_state(state["rng"][dist.rank] if dist.rank < len(state["rng"]) else state["rng"][0])
         if dist.main:
             print(f"train: resuming {run_dir.name} after epoch {start_epoch}")
     trained = model
@@ -439,7 +179,6 @@ def run_one(config: dict, seed: int, run_dir: Path, dist: Dist, fresh=False, pro
             model, device_ids=None if dist.device.type == "cpu" else [dist.device]
         )
 
-    fault = _fault()
     baseline_rss = peak_rss_mb()
     if dist.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dist.device)
@@ -463,8 +202,6 @@ def run_one(config: dict, seed: int, run_dir: Path, dist: Dist, fresh=False, pro
             dynamic_ncols=True,
         )
         for number, index in enumerate(bar):
-            if fault and fault[0] == "kill" and (epoch + 1, number + 1) == fault[1:]:
-                os.kill(os.getpid(), signal.SIGKILL)
             normaliser = task.normaliser("train", index)
             shard = index[dist.rank :: dist.world]
             # more ranks than samples in this batch: run one sample with weight 0 so that every
@@ -473,8 +210,8 @@ def run_one(config: dict, seed: int, run_dir: Path, dist: Dist, fresh=False, pro
             inputs, targets, mask = task.batch("train", shard or index[:1], dist.device)
             logits, aux = trained(inputs)
             loss_sum = weight * task.loss_sum(logits, targets, mask)
-            if fault and fault[0] == "nan" and (epoch + 1, number + 1) == fault[1:]:
-                loss_sum = loss_sum * float("nan")
+            for hook in BATCH_HOOKS:
+                loss_sum = hook(epoch + 1, number + 1, loss_sum)
             problem = _check_finite(
                 {"loss": loss_sum, "output": logits, **aux},
                 f"at epoch {epoch + 1} batch {number + 1}",
@@ -541,8 +278,8 @@ def run_one(config: dict, seed: int, run_dir: Path, dist: Dist, fresh=False, pro
         rng = _gather_rng(dist)
         if dist.main:
             if improved:
-                _save(best_path, {"model": model.state_dict(), "epoch": epoch + 1})
-            _save(
+                save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch + 1})
+            save_checkpoint(
                 last_path,
                 {
                     "model": model.state_dict(),
@@ -554,7 +291,7 @@ def run_one(config: dict, seed: int, run_dir: Path, dist: Dist, fresh=False, pro
                     "rng": rng,
                 },
             )
-            _write_csv(run_dir / "metrics.csv", history)
+            write_csv(run_dir / "metrics.csv", history)
             plot_curves(run_dir / "curves.png", history, run_dir.name, task.select_key)
             summary = ", ".join(
                 f"{k}={v:.4f}"
@@ -597,7 +334,7 @@ def run_one(config: dict, seed: int, run_dir: Path, dist: Dist, fresh=False, pro
     if dist.device.type == "cuda":
         metrics["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dist.device) / 2**20
     if dist.main:
-        _write_json(metrics_path, metrics)
+        write_json(metrics_path, metrics)
         (run_dir / "failure.json").unlink(missing_ok=True)
         print(f"train: {run_dir} done: " + _headline(metrics))
     dist.barrier()
@@ -605,7 +342,7 @@ def run_one(config: dict, seed: int, run_dir: Path, dist: Dist, fresh=False, pro
 
 
 def _gather_rng(dist: Dist) -> list:
-    states = [_rng_state()]
+    states = [rng_state()]
     if dist.initialised:
         import torch.distributed as dist_module
 
@@ -700,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             run_one(config, seed, run_dir, dist, fresh=args.fresh, progress=not args.no_progress)
     except TrainingDiverged as error:
         if dist.main:
-            _write_json(
+            write_json(
                 run_dir / "failure.json",
                 {
                     "experiment": config["name"],

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import sweep, train
+from tests import fault_injection
 from tests.test_train import _config, _real_jsb  # noqa: F401  (autouse: real data, else skip/fail)
 
 METRICS = ("test_nll_per_step", "test_frame_accuracy", "valid_nll_per_step", "best_epoch")
@@ -67,7 +68,15 @@ def test_time_limited_sweep_resumes_to_the_same_result(tmp_path, configs, capsys
 
 
 def test_failed_run_is_reported(tmp_path, configs, monkeypatch, capsys):
-    monkeypatch.setenv(train.FAULT_ENV, "nan@1.1")  # every run stops on a NaN loss
+    # every run stops on a NaN loss
+    original = sweep.Job.command
+    monkeypatch.setattr(
+        sweep.Job,
+        "command",
+        lambda job, out, overrides: fault_injection.command(
+            "nan@1.1", original(job, out, overrides)[4:]
+        ),
+    )
     out = tmp_path / "out"
     assert sweep.main([configs[0], "--out", str(out), "--no-progress"]) == 3
     printed = capsys.readouterr()

@@ -18,6 +18,7 @@ import torch
 from pipelines import config as cfg
 from pipelines import datasets as ds
 from pipelines import train
+from tests import fault_injection
 
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").strip().lower() == "true"
@@ -59,18 +60,17 @@ def _env() -> dict:
     env = dict(os.environ)
     env["BRUNO_DATA_DIR"] = str(ds.data_dir())
     env["PYTHONPATH"] = str(REPO)
-    env.pop(train.FAULT_ENV, None)
     return env
 
 
 def _train_subprocess(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess:
-    env = _env()
-    if fault:
-        env[train.FAULT_ENV] = fault
+    args = [*args, "--no-progress"]
     return subprocess.run(
-        [sys.executable, "-m", "pipelines", "train", *args, "--no-progress"],
+        fault_injection.command(fault, args)
+        if fault
+        else [sys.executable, "-m", "pipelines", "train", *args],
         cwd=REPO,
-        env=env,
+        env=_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -204,7 +204,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     path = _config(tmp_path)
-    monkeypatch.setenv(train.FAULT_ENV, "nan@2.1")
+    monkeypatch.setattr(train, "BATCH_HOOKS", [fault_injection.fault_hook("nan@2.1")])
     out = tmp_path / "out"
     assert train.main([str(path), "--out", str(out), "--no-progress"]) == 3
     err = capsys.readouterr().err
@@ -215,17 +215,17 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypa
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert not (run / "metrics.json").exists()
     # once the cause is gone the run resumes from that checkpoint and finishes
-    monkeypatch.delenv(train.FAULT_ENV)
+    monkeypatch.setattr(train, "BATCH_HOOKS", [])
     assert train.main([str(path), "--out", str(out), "--no-progress"]) == 0
     assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 3
 
 
 def test_resume_refuses_a_different_config(tmp_path, monkeypatch, capsys):
     path = _config(tmp_path)
-    monkeypatch.setenv(train.FAULT_ENV, "nan@2.1")
+    monkeypatch.setattr(train, "BATCH_HOOKS", [fault_injection.fault_hook("nan@2.1")])
     out = tmp_path / "out"
     assert train.main([str(path), "--out", str(out), "--no-progress"]) == 3
-    monkeypatch.delenv(train.FAULT_ENV)
+    monkeypatch.setattr(train, "BATCH_HOOKS", [])
     args = [str(path), "--out", str(out), "--no-progress", "--set", "optim.lr=0.02"]
     assert train.main(args) == 2
     assert "different config" in capsys.readouterr().err
@@ -258,7 +258,7 @@ def test_ddp_two_cpu_processes_equal_one(tmp_path):
             "--no-progress",
         ],
         cwd=REPO,
-        env=env,
+        env=_env(),
         capture_output=True,
         text=True,
         timeout=180,

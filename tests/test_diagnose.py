@@ -1,0 +1,45 @@
+"""`python -m pipelines diagnose`: gradient agreement against BPTT, checked on the identity it must
+reproduce (with one fine step per coarse step BRUNO's "euler" gradient *is* BPTT's)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from pipelines import datasets as ds
+from pipelines import diagnose
+
+IN_CI = os.environ.get("CI", "").strip().lower() == "true"
+
+
+@pytest.fixture(autouse=True)
+def _real_braille():
+    path = ds.data_dir() / "braille" / "data_braille_letters_th10"
+    if not path.exists():
+        message = f"real data missing: {path} (set {ds.DATA_DIR_ENV})"
+        if IN_CI:
+            pytest.fail(message + " - in CI a missing dataset is a failure")
+        pytest.skip(message)
+
+
+def test_diagnosis_reproduces_the_n1_identity_and_writes_its_report(tmp_path, capsys):
+    args = ["--batch", "2", "--out", str(tmp_path), "--set", "data.n_steps=12"]
+    assert diagnose.main([*args, "--set", "model.fine_steps=1"]) == 0
+    report = json.loads((tmp_path / "braille_felif_fp_v0.json").read_text())
+    euler = report["variants"]["bruno (euler)"]
+    for name, stats in euler["parameters"].items():
+        assert stats["cosine"] == pytest.approx(1.0, abs=1e-9), name
+        assert stats["norm_ratio"] == pytest.approx(1.0, rel=1e-6), name
+    drive = euler["layers"]["outputs"]["drive"]
+    assert drive["cosine"] == pytest.approx(1.0, abs=1e-9)
+    assert report["variants"]["bptt"]["loss"] == euler["loss"]
+    op = report["operating_point"]["outputs"]
+    assert op["coarse_steps"] == 12 and 0.0 <= op["silent_fraction"] <= 1.0
+    assert (tmp_path / "braille_felif_fp_v0.md").read_text().startswith("# Gradient diagnosis")
+
+
+def test_diagnosis_refuses_a_network_without_felif(tmp_path, capsys):
+    assert diagnose.main(["braille_lif_fp_v0", "--out", str(tmp_path)]) == 2
+    assert "no FeLIF layer" in capsys.readouterr().err
