@@ -11,6 +11,7 @@ Everything is plain torch apart from the FeLIF fine path, so the layers run unch
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -330,31 +331,16 @@ class RLIFLayer(LIFLayer):
     def __init__(
         self,
         size: int,
-        tau_mem: float = 20e-3,
-        tau_syn: float = 5e-3,
-        dt: float = 1e-3,
-        threshold: float = 1.0,
-        reset: str = "zero",
-        surrogate_slope: float = LIF_SLOPE,
-        variability_sigma: float = 0.0,
-        seed: int = 0,
-        record_state: bool = False,
+        *,
         recurrent_precision: str = "fp",
         rram_preset: presets.RRAMPreset | None = None,
         recurrent_synapses: SynapticLinear | None = None,
+        seed: int = 0,
+        **lif_options: Any,
     ) -> None:
-        super().__init__(
-            size,
-            tau_mem,
-            tau_syn,
-            dt,
-            threshold,
-            reset,
-            surrogate_slope,
-            variability_sigma,
-            seed,
-            record_state,
-        )
+        """``lif_options``: the keyword arguments of :class:`LIFLayer` (time constants, dt,
+        threshold, reset, surrogate slope, variability, record_state)."""
+        super().__init__(size, seed=seed, **lif_options)
         if recurrent_synapses is None:
             recurrent_synapses = SynapticLinear(
                 size,

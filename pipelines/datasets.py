@@ -74,20 +74,17 @@ def _raw_github(repo: str, commit: str, path: str) -> str:
 REGISTRY: dict[str, RemoteFile] = {
     entry.relpath: entry
     for entry in (
-        RemoteFile(
-            "jsb/jsb-chorales-quarter.json",
-            _raw_github(JSB_REPO, JSB_COMMIT, "jsb-chorales-quarter.json"),
-            "2db9329f1881a1d3f49703ec556bf1d6f84b4f6c1d702c156536e93cf31e1c91",
-        ),
-        RemoteFile(
-            "jsb/jsb-chorales-8th.json",
-            _raw_github(JSB_REPO, JSB_COMMIT, "jsb-chorales-8th.json"),
-            "88fb80b22829a815e8105da538d94ae803773158507e2145938351f35142390a",
-        ),
-        RemoteFile(
-            "jsb/jsb-chorales-16th.json",
-            _raw_github(JSB_REPO, JSB_COMMIT, "jsb-chorales-16th.json"),
-            "8730aca7b64e7d29493733d1cf19fad4a5b351d8f1845e57dac27728104fd39f",
+        *(
+            RemoteFile(
+                f"jsb/jsb-chorales-{grid}.json",
+                _raw_github(JSB_REPO, JSB_COMMIT, f"jsb-chorales-{grid}.json"),
+                sha256,
+            )
+            for grid, sha256 in (
+                ("quarter", "2db9329f1881a1d3f49703ec556bf1d6f84b4f6c1d702c156536e93cf31e1c91"),
+                ("8th", "88fb80b22829a815e8105da538d94ae803773158507e2145938351f35142390a"),
+                ("16th", "8730aca7b64e7d29493733d1cf19fad4a5b351d8f1845e57dac27728104fd39f"),
+            )
         ),
         RemoteFile(
             "braille/data_braille_letters_th10",

@@ -15,7 +15,7 @@ equations live in one place. Units are SI throughout.
 
 Layout: ``common`` (constants, fit variables, errors), ``stimuli``, ``traces`` (ngspice side),
 ``fit`` (compact model and lmfit), ``calibrate_stage`` and ``validate_stage`` (the stages, with
-the signatures of every device module: :mod:`calibration`). The names below are the public API.
+the signatures of every device module: :mod:`calibration`). Below: the public API.
 """
 
 from calibration.felif.calibrate_stage import (  # noqa: F401
@@ -24,34 +24,20 @@ from calibration.felif.calibrate_stage import (  # noqa: F401
     preset_parameters,
 )
 from calibration.felif.common import (  # noqa: F401
-    BOLTZMANN_OVER_Q,
-    CONVERGED_CHI2_FACTOR,
     DT,
-    DTYPE,
     FIT_FIELDS,
-    FIT_VARIABLES,
-    FIXED_FROM_NETLIST,
     I_MAX,
     I_MIN,
     NETLIST,
     PRESET,
     PRESET_NAME,
-    RECORD,
     SCHEMA,
-    START_POINTS,
     TARGETS,
-    VALIDATION_DTYPE,
     FeLIFCalibrationError,
-    FitVariable,
     PresetError,
     StimulusRangeError,
 )
 from calibration.felif.fit import (  # noqa: F401
-    SIGMA_INTERVAL,
-    SIGMA_P,
-    SIGMA_V,
-    TRACE_SAMPLE,
-    TRACE_WEIGHT,
     Target,
     compact_runs,
     design_parameters,
@@ -71,7 +57,6 @@ from calibration.felif.stimuli import (  # noqa: F401
 )
 from calibration.felif.traces import (  # noqa: F401
     Trace,
-    intervals,
     netlist_parameters,
     spice_deck,
     spice_run,

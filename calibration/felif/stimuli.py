@@ -94,6 +94,25 @@ def _pwl_from_pulses(
     return tuple(times), tuple(currents)
 
 
+def _pulses(
+    name: str,
+    description: str,
+    starts: Sequence[float],
+    amplitudes: Sequence[float],
+    width: float,
+    baseline: float,
+    duration: float,
+    edge: float,
+) -> Stimulus:
+    """Current pulses of one ``width`` starting at ``starts`` on a ``baseline`` (A)."""
+    times, currents = _pwl_from_pulses(
+        starts, [width] * len(starts), amplitudes, baseline, duration, edge
+    )
+    return Stimulus(
+        name=name, duration=duration, times=times, currents=currents, description=description
+    )
+
+
 def pulse_train(
     amplitude: float,
     width: float,
@@ -106,16 +125,16 @@ def pulse_train(
 ) -> Stimulus:
     """Regular current pulses of ``amplitude`` on ``baseline`` (A)."""
     starts = np.arange(delay if delay > 0 else period - width, duration, period)
-    times, currents = _pwl_from_pulses(
-        starts, [width] * len(starts), [amplitude] * len(starts), baseline, duration, edge
-    )
-    return Stimulus(
-        name=name or f"pulses_{amplitude * 1e9:.3g}nA_{width * 1e3:.3g}ms_{period * 1e3:.3g}ms",
-        duration=duration,
-        times=times,
-        currents=currents,
-        description=f"pulses {amplitude:.3g} A, width {width:.3g} s, period {period:.3g} s, "
+    return _pulses(
+        name or f"pulses_{amplitude * 1e9:.3g}nA_{width * 1e3:.3g}ms_{period * 1e3:.3g}ms",
+        f"pulses {amplitude:.3g} A, width {width:.3g} s, period {period:.3g} s, "
         f"baseline {baseline:.3g} A",
+        starts,
+        [amplitude] * len(starts),
+        width,
+        baseline,
+        duration,
+        edge,
     )
 
 
@@ -137,17 +156,16 @@ def spike_train(
         if t >= duration:
             break
         starts.append(t)
-    amplitudes = rng.uniform(amplitude[0], amplitude[1], size=len(starts))
-    times, currents = _pwl_from_pulses(
-        starts, [width] * len(starts), amplitudes, baseline, duration, edge
-    )
-    return Stimulus(
-        name=name or f"spiketrain_{rate:.3g}Hz_seed{seed}",
-        duration=duration,
-        times=times,
-        currents=currents,
-        description=f"Poisson {rate:.3g} Hz (dead time {width:.3g} s), pulses {width:.3g} s of "
+    return _pulses(
+        name or f"spiketrain_{rate:.3g}Hz_seed{seed}",
+        f"Poisson {rate:.3g} Hz (dead time {width:.3g} s), pulses {width:.3g} s of "
         f"U({amplitude[0]:.3g}, {amplitude[1]:.3g}) A on {baseline:.3g} A, seed {seed}",
+        starts,
+        rng.uniform(amplitude[0], amplitude[1], size=len(starts)),
+        width,
+        baseline,
+        duration,
+        edge,
     )
 
 
