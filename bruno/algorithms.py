@@ -87,7 +87,7 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
 
 
 def _jacobian(state: FeLIFState, current: torch.Tensor, p: FeLIFParameters):
-    """Per-neuron ``f = (dv/dt, dP/dt)`` and the entries of ``J = df/d(v, P)`` and ``d(dv/dt)/dI``,
+    """Per-neuron entries of ``J = d(dv/dt, dP/dt)/d(v, P)`` and ``d(dv/dt)/dI``,
     by autograd of :func:`bruno.felif.derivatives` (the equations are not restated). Every neuron
     is independent, so the gradient of a sum gives the diagonal entries."""
     with torch.enable_grad():
@@ -97,7 +97,7 @@ def _jacobian(state: FeLIFState, current: torch.Tensor, p: FeLIFParameters):
         dv, dpol = derivatives(FeLIFState(v, pol), i, p)
         j_vv, j_vp, j_vi = torch.autograd.grad(dv.sum(), (v, pol, i), retain_graph=True)
         j_pv, j_pp = torch.autograd.grad(dpol.sum(), (v, pol))
-    return (dv.detach(), dpol.detach()), (j_vv, j_vp, j_vi, j_pv, j_pp)
+    return j_vv, j_vp, j_vi, j_pv, j_pp
 
 
 class _LinearlyImplicitJacobian(torch.autograd.Function):
@@ -116,7 +116,7 @@ class _LinearlyImplicitJacobian(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v, pol, current, p, dt):
-        _, jac = _jacobian(FeLIFState(v, pol), current, p)
+        jac = _jacobian(FeLIFState(v, pol), current, p)
         ctx.save_for_backward(*jac)
         ctx.dt = dt
         ctx.current_shape = current.shape
