@@ -1,9 +1,12 @@
 """Spiking layers: FeLIF (the paper's device neuron, trained by a named algorithm), LIF and RLIF.
 
-Contract shared by all layers: ``forward(x)`` takes the time-major drive ``x`` of shape
-``[T, B, N]`` (one step per coarse step / frame) and returns spikes ``[T, B, N]`` as float 0/1
-with a surrogate gradient (:mod:`bruno.surrogate`). ``forward(x, state=..., return_state=True)``
-continues from / returns the state; ``record_state = True`` keeps the last traces for inspection.
+:class:`SpikingLayer` owns what every layer shares: ``forward(x)`` takes the time-major drive
+``x`` of shape ``[T, B, N]`` (one step per coarse step / frame) and returns spikes ``[T, B, N]``
+as float 0/1 with a surrogate gradient (:mod:`bruno.surrogate`); ``forward(x, state=...,
+return_state=True)`` continues from / returns the state; ``grad_window=N`` detaches the state
+every N steps (truncated BPTT: values unchanged, gradients through at most N steps of neuron
+state); ``record_state = True`` keeps the last traces (``last_<name>``) for inspection. A neuron
+layer supplies only its state, its per-forward constants and one step.
 Everything is plain torch apart from the FeLIF fine path, so the layers run unchanged on CUDA
 (where the fine path is the torch reference loop: the fused kernel is CPU code).
 """
@@ -48,62 +51,136 @@ def _draw_factors(count: int, size: int, sigma: float, seed: int) -> torch.Tenso
     return (1.0 + sigma * z).clamp_min(0.05)
 
 
-class FeLIFLayer(nn.Module):
+class SpikingLayer(nn.Module):
+    """The one time loop of every neuron layer (module docstring). Subclasses define
+    :meth:`initial_state`, :meth:`prepare` (per-forward constants, e.g. per-neuron parameters in
+    the input's dtype) and :meth:`step` (one frame: spikes, next state, recorded traces named by
+    ``recorded``)."""
+
+    recorded: tuple[str, ...] = ("v",)
+
+    def __init__(self, size: int, grad_window: int | None = None, record_state: bool = False):
+        super().__init__()
+        if int(size) != size or size < 1:
+            raise ValueError(f"size must be a positive integer, got {size}")
+        if grad_window is not None and (int(grad_window) != grad_window or grad_window < 1):
+            raise ValueError(f"grad_window must be a positive integer or None, got {grad_window}")
+        self.size = int(size)
+        self.grad_window = None if grad_window is None else int(grad_window)
+        self.record_state = record_state
+        for name in self.recorded:
+            setattr(self, f"last_{name}", None)
+
+    def initial_state(self, batch: int, dtype: torch.dtype, device) -> tuple:
+        raise NotImplementedError
+
+    def prepare(self, x: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def step(self, state: tuple, frame: torch.Tensor, prepared: Any):
+        """(spikes [B, N], next state, traces to record: one tensor per name in ``recorded``)."""
+        raise NotImplementedError
+
+    def check_input(self, x: torch.Tensor) -> None:
+        _check_drive(x, self.size, self.variability_factors, type(self).__name__)
+
+    def forward(self, x: torch.Tensor, state: tuple | None = None, return_state: bool = False):
+        self.check_input(x)
+        batch = x.shape[1]
+        prepared = self.prepare(x)
+        if state is None:
+            state = self.initial_state(batch, x.dtype, x.device)
+        elif any(t.shape != (batch, self.size) for t in state):
+            raise ValueError(
+                f"{type(self).__name__}: state tensors must have shape [{batch}, {self.size}]"
+            )
+        spikes, traces = [], []
+        # unbind, not x[k]: indexing makes each step's backward zero-fill a full [T, B, N] tensor
+        for k, frame in enumerate(x.unbind(0)):
+            if self.grad_window and k and k % self.grad_window == 0:
+                state = type(state)(*(t.detach() for t in state))
+            s, state, trace = self.step(state, frame, prepared)
+            spikes.append(s)
+            if self.record_state:
+                traces.append([t.detach() for t in trace])
+        if self.record_state:
+            for j, name in enumerate(self.recorded):
+                setattr(
+                    self, f"last_{name}", torch.stack([t[j] for t in traces]) if traces else None
+                )
+        out = torch.stack(spikes) if spikes else x.new_zeros(x.shape)
+        return (out, state) if return_state else out
+
+
+class FeLIFLayer(SpikingLayer):
     """A layer of ``size`` FeLIF neurons driven by ``current_scale * x`` amperes.
 
-    ``parameters=None`` means the SPEC/paper defaults (``FeLIFParameters()``); for the calibrated
-    device pass ``bruno.presets.load_felif_parameters()`` (calibration/presets/felif.json).
-    ``algorithm`` is one of :func:`bruno.algorithms.names`; ``coarse_gradient`` selects BRUNO's
-    coarse Jacobian ("implicit" default, or "euler"; see :mod:`bruno.algorithms`).
+    ``parameters``: a :class:`bruno.presets.FeLIFPreset` (the calibrated device:
+    ``bruno.presets.load_felif_preset()``), bare :class:`FeLIFParameters`, or None for the
+    SPEC/paper defaults. ``algorithm`` is one of :func:`bruno.algorithms.names`;
+    ``coarse_gradient`` selects BRUNO's coarse Jacobian (:data:`bruno.algorithms.COARSE_STEPS`).
     Device-to-device variability: each field in ``variability_fields`` is drawn per neuron as
     ``mu * (1 + variability_sigma * N(0, 1))`` from ``seed``; :meth:`resample_variability` redraws.
+    Left as None, both come from the preset (its calibrated spread), or are the SPEC's fields with
+    sigma 0 for bare parameters.
     ``fine_backend`` picks the fine path's backend (:data:`bruno.kernels.BACKENDS`): ``"torch"``
     forces the torch loop (bit-identical to ``bptt`` values), ``"native"`` the fused kernel (an
     error where it cannot run), ``"auto"`` the kernel where it applies.
     """
 
+    recorded = ("v", "polarization")
+
     def __init__(
         self,
         size: int,
-        parameters: FeLIFParameters | None = None,
+        parameters: presets.FeLIFPreset | FeLIFParameters | None = None,
         algorithm: str = "bruno",
         fine_steps: int = 1000,
         coarse_dt: float = 1e-3,
-        variability_sigma: float = 0.0,
+        variability_sigma: float | None = None,
         seed: int = 0,
         current_scale: float = 1e-9,
         *,
-        variability_fields: tuple[str, ...] = presets.DEFAULT_VARIABILITY_FIELDS,
+        variability_fields: tuple[str, ...] | None = None,
         surrogate_slope: float = FELIF_SLOPE_PER_VOLT,
         fine_backend: str = "auto",
         coarse_gradient: str = "implicit",
+        grad_window: int | None = None,
         record_state: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(size, grad_window, record_state)
         if coarse_gradient not in algorithms.COARSE_GRADIENTS:
             raise ValueError(
                 f"coarse_gradient must be one of {algorithms.COARSE_GRADIENTS}, "
                 f"got {coarse_gradient!r}"
             )
-        if int(size) != size or size < 1:
-            raise ValueError(f"size must be a positive integer, got {size}")
         if int(fine_steps) != fine_steps or fine_steps < 1:
             raise ValueError(f"fine_steps must be a positive integer, got {fine_steps}")
         for name, value in (("coarse_dt", coarse_dt), ("current_scale", current_scale)):
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        preset = parameters if isinstance(parameters, presets.FeLIFPreset) else None
+        if preset is not None:
+            parameters = preset.parameters
+        if variability_sigma is None:
+            variability_sigma = preset.variability_sigma if preset is not None else 0.0
+        if variability_fields is None:
+            variability_fields = (
+                preset.variability_fields
+                if preset is not None
+                else presets.DEFAULT_VARIABILITY_FIELDS
+            )
         if not (math.isfinite(variability_sigma) and variability_sigma >= 0):
             raise ValueError(f"variability_sigma must be finite and >= 0, got {variability_sigma}")
         kernels.check_backend(fine_backend)  # validates the name
         algorithms.get(algorithm)  # validates the name
         parameters = FeLIFParameters() if parameters is None else parameters
         if not isinstance(parameters, FeLIFParameters):
-            raise TypeError("parameters must be a bruno.felif.FeLIFParameters (or None)")
+            raise TypeError("parameters must be a FeLIFPreset, FeLIFParameters or None")
         presets.validate_felif_parameters(parameters)
         unknown = set(variability_fields) - set(parameters.field_names())
         if unknown:
             raise ValueError(f"unknown variability field(s) {sorted(unknown)}")
-        self.size = int(size)
         self.algorithm = algorithm
         self.fine_steps = int(fine_steps)
         self.coarse_dt = float(coarse_dt)
@@ -113,7 +190,6 @@ class FeLIFLayer(nn.Module):
         self.surrogate_slope = float(surrogate_slope)
         self.fine_backend = fine_backend
         self.coarse_gradient = coarse_gradient
-        self.record_state = record_state
         self.seed = int(seed)
         self.base_parameters = parameters
         # Per-neuron base values of every field (tensor-valued fields must broadcast to [size]).
@@ -134,8 +210,6 @@ class FeLIFLayer(nn.Module):
         )
         self._version = 0
         self._coefficient_cache: dict = {}
-        self.last_v: torch.Tensor | None = None
-        self.last_polarization: torch.Tensor | None = None
         self.resample_variability(self.seed)
 
     def extra_repr(self) -> str:
@@ -170,11 +244,13 @@ class FeLIFLayer(nn.Module):
             values[name] = values[name] * factors[j]
         return FeLIFParameters(**values)
 
-    def initial_state(self, batch: int, dtype: torch.dtype = torch.float32) -> FeLIFState:
-        p = self.neuron_parameters(dtype)
-        return initial_state(
-            (batch, self.size), p, device=self.variability_factors.device, dtype=dtype
-        )
+    def initial_state(
+        self, batch: int, dtype: torch.dtype = torch.float32, device=None
+    ) -> FeLIFState:
+        """The rest state (v = 0, P = -Ps) of every neuron."""
+        device = self.variability_factors.device if device is None else device
+        p = self.neuron_parameters(dtype, device)
+        return initial_state((batch, self.size), p, device=device, dtype=dtype)
 
     def _coefficients(
         self, p: FeLIFParameters, batch: int, dtype: torch.dtype, device
@@ -191,50 +267,35 @@ class FeLIFLayer(nn.Module):
             self._coefficient_cache[key] = ffi.pack_coefficients(p, (batch, self.size), dtype)
         return self._coefficient_cache[key]
 
-    def forward(self, x: torch.Tensor, state: FeLIFState | None = None, return_state: bool = False):
-        _check_drive(x, self.size, self.variability_factors, "FeLIFLayer")
+    def check_input(self, x: torch.Tensor) -> None:
+        super().check_input(x)
         if x.dtype not in (torch.float32, torch.float64):
             raise TypeError(
                 f"FeLIFLayer: input must be float32 or float64, got {x.dtype} (the device "
                 "equations span 1e-15..1e13 and overflow in half precision)"
             )
-        batch = x.shape[1]
-        dtype, device = x.dtype, x.device
-        p = self.neuron_parameters(dtype, device)
-        if state is None:
-            state = initial_state((batch, self.size), p, device=device, dtype=dtype)
-        elif state.v.shape != (batch, self.size) or state.polarization.shape != (batch, self.size):
-            raise ValueError(
-                f"state must have shape [{batch}, {self.size}], got {tuple(state.v.shape)}"
-            )
-        step = algorithms.get(self.algorithm)
+
+    def prepare(self, x: torch.Tensor) -> tuple:
+        p = self.neuron_parameters(x.dtype, x.device)
         ctx = algorithms.CoarseStepContext(
             self.fine_steps,
             self.coarse_dt,
             self.fine_backend,
-            self._coefficients(p, batch, dtype, device),
+            self._coefficients(p, x.shape[1], x.dtype, x.device),
             self.coarse_gradient,
         )
-        threshold = p.threshold_voltage
-        spikes, vs, pols = [], [], []
-        # unbind, not x[k]: indexing makes each step's backward zero-fill a full [T, B, N] tensor
-        for frame in x.unbind(0):
-            new = step(state, self.current_scale * frame, p, ctx)
-            s = spike(new.v - threshold, self.surrogate_slope)
-            spikes.append(s)
-            if self.record_state:
-                vs.append(new.v.detach())
-                pols.append(new.polarization.detach())
-            # reset at the next coarse step, the reset values detached from the graph
-            state = reset(new, crossed(new.v, p), p)
-        if self.record_state:
-            self.last_v = torch.stack(vs) if vs else None
-            self.last_polarization = torch.stack(pols) if pols else None
-        out = torch.stack(spikes) if spikes else x.new_zeros(x.shape)
-        return (out, state) if return_state else out
+        return p, ctx, algorithms.get(self.algorithm)
+
+    def step(self, state: FeLIFState, frame: torch.Tensor, prepared: tuple):
+        """One coarse step by the layer's algorithm; the spike test on its end state; the reset
+        (values detached from the graph) applied at the start of the next coarse step."""
+        p, ctx, coarse_step = prepared
+        new = coarse_step(state, self.current_scale * frame, p, ctx)
+        s = spike(new.v - p.threshold_voltage, self.surrogate_slope)
+        return s, reset(new, crossed(new.v, p), p), (new.v, new.polarization)
 
 
-class LIFLayer(nn.Module):
+class LIFLayer(SpikingLayer):
     """Current-based LIF neurons (see :mod:`bruno.lif`), one step of ``dt`` per input frame.
 
     Optional per-neuron variability of ``tau_mem``, ``tau_syn`` and ``threshold``
@@ -254,22 +315,18 @@ class LIFLayer(nn.Module):
         surrogate_slope: float = LIF_SLOPE,
         variability_sigma: float = 0.0,
         seed: int = 0,
+        grad_window: int | None = None,
         record_state: bool = False,
     ) -> None:
-        super().__init__()
-        if int(size) != size or size < 1:
-            raise ValueError(f"size must be a positive integer, got {size}")
-        self.size = int(size)
+        super().__init__(size, grad_window, record_state)
         self.parameters_ = LIFParameters(tau_mem, tau_syn, threshold, dt, reset)
         self.parameters_.validate()
         self.surrogate_slope = float(surrogate_slope)
         self.variability_sigma = float(variability_sigma)
         if not (math.isfinite(self.variability_sigma) and self.variability_sigma >= 0):
             raise ValueError(f"variability_sigma must be finite and >= 0, got {variability_sigma}")
-        self.record_state = record_state
         self.seed = int(seed)
         self.register_buffer("variability_factors", torch.ones(3, self.size))
-        self.last_v: torch.Tensor | None = None
         self.resample_variability(self.seed)
 
     def resample_variability(self, seed: int | None = None) -> None:
@@ -295,30 +352,21 @@ class LIFLayer(nn.Module):
     def _recurrent_input(self, previous_spikes: torch.Tensor) -> torch.Tensor | float:
         return 0.0
 
-    def forward(self, x: torch.Tensor, state: LIFState | None = None, return_state: bool = False):
-        _check_drive(x, self.size, self.variability_factors, type(self).__name__)
-        batch = x.shape[1]
-        p = self.neuron_parameters(x.dtype, x.device)
-        if state is None:
-            zeros = x.new_zeros(batch, self.size)
-            state = LIFState(zeros, zeros, zeros)
-        elif any(t.shape != (batch, self.size) for t in state):
-            raise ValueError(f"state tensors must have shape [{batch}, {self.size}]")
-        spikes, vs = [], []
-        for frame in x.unbind(0):  # see FeLIFLayer.forward
-            drive = frame + self._recurrent_input(state.spikes) if self.recurrent else frame
-            state = lif_step(state, drive, p, self.surrogate_slope)
-            spikes.append(state.spikes)
-            if self.record_state:
-                vs.append(state.v.detach())
-        if self.record_state:
-            self.last_v = torch.stack(vs) if vs else None
-        out = torch.stack(spikes) if spikes else x.new_zeros(x.shape)
-        return (out, state) if return_state else out
+    def initial_state(self, batch: int, dtype: torch.dtype = torch.float32, device=None):
+        zeros = torch.zeros(batch, self.size, dtype=dtype, device=device)
+        return LIFState(zeros, zeros, zeros)
+
+    def prepare(self, x: torch.Tensor) -> LIFParameters:
+        return self.neuron_parameters(x.dtype, x.device)
+
+    def step(self, state: LIFState, frame: torch.Tensor, p: LIFParameters):
+        drive = frame + self._recurrent_input(state.spikes) if self.recurrent else frame
+        state = lif_step(state, drive, p, self.surrogate_slope)
+        return state.spikes, state, (state.v,)
 
 
 class RLIFLayer(LIFLayer):
-    """LIF with recurrent weights inside: drive_t = x_t + W_rec s_{t-1}.
+    """LIF with recurrent weights inside: drive_t = x_t + recurrent_gain W_rec s_{t-1}.
 
     The recurrent synapses are a :class:`bruno.synapses.SynapticLinear`, so they can be
     quantised like the feed-forward ones: pass one as ``recurrent_synapses`` (size -> size, no
@@ -335,12 +383,18 @@ class RLIFLayer(LIFLayer):
         recurrent_precision: str = "fp",
         rram_preset: presets.RRAMPreset | None = None,
         recurrent_synapses: SynapticLinear | None = None,
+        recurrent_gain: float = 1.0,
         seed: int = 0,
         **lif_options: Any,
     ) -> None:
         """``lif_options``: the keyword arguments of :class:`LIFLayer` (time constants, dt,
-        threshold, reset, surrogate slope, variability, record_state)."""
+        threshold, reset, surrogate slope, variability, grad_window, record_state).
+        ``recurrent_gain`` is a fixed amplifier on the recurrent drive (like a layer's input
+        gain: the recurrent synapses' initial weights are O(1/sqrt(size)))."""
         super().__init__(size, seed=seed, **lif_options)
+        if not (math.isfinite(recurrent_gain) and recurrent_gain >= 0):
+            raise ValueError(f"recurrent_gain must be finite and >= 0, got {recurrent_gain}")
+        self.recurrent_gain = float(recurrent_gain)
         if recurrent_synapses is None:
             recurrent_synapses = SynapticLinear(
                 size,
@@ -357,7 +411,7 @@ class RLIFLayer(LIFLayer):
         self.recurrent_weights = recurrent_synapses
 
     def _recurrent_input(self, previous_spikes: torch.Tensor) -> torch.Tensor:
-        return self.recurrent_weights(previous_spikes)
+        return self.recurrent_gain * self.recurrent_weights(previous_spikes)
 
 
 #: The neuron layers by the name configs use for them.

@@ -9,7 +9,7 @@ Every device module offers the same two stages, which ``python -m calibration`` 
   figures; True when every stated tolerance is met.
 
 Where things go (:func:`presets_location`, :func:`reports_location`): a full run writes the presets
-the trainer reads (``$BRUNO_PRESETS_DIR``, else the committed ``calibration/presets``) and its
+the trainer reads (``$BRUNO_PRESETS_DIR``, else the committed ``bruno/presets``) and its
 reports to ``results/validation``. A ``quick`` run (fewer stimuli and devices: a smoke test) writes
 under ``results/quick/`` unless told otherwise, and never over the committed presets, so
 ``validate --quick`` checks exactly what ``calibrate --quick`` wrote.
@@ -17,10 +17,12 @@ under ``results/quick/`` unless told otherwise, and never over the committed pre
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMITTED_PRESETS = Path(__file__).resolve().parent / "presets"
+# The committed presets of the shipped device are the trainer's package data (bruno/presets).
+COMMITTED_PRESETS = Path(importlib.util.find_spec("bruno.presets").origin).parent
 QUICK_ROOT = ROOT / "results" / "quick"
 DEVICES = ("felif", "rram")
 

@@ -14,6 +14,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from bruno.presets import PresetError
 from calibration import DEVICES, CalibrationError, CalibrationLocationError
 
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--presets",
         type=Path,
         help="preset directory that calibrate writes and validate reads (default: "
-        "$BRUNO_PRESETS_DIR or calibration/presets; with --quick results/quick/presets)",
+        "$BRUNO_PRESETS_DIR or bruno/presets; with --quick results/quick/presets)",
     )
     parser.add_argument(
         "--reports",
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(device)
         except CalibrationLocationError as error:
             parser.error(str(error))
-        except CalibrationError as error:
+        except (CalibrationError, PresetError) as error:
             print(f"calibration: {args.stage} {device}: {error}", file=sys.stderr)
             return 2
     if failed:

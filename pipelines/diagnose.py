@@ -31,6 +31,7 @@ import torch
 
 from pipelines import config as cfg
 from pipelines import models
+from pipelines.schema import AnyExperiment
 from pipelines.tasks import make_task
 from pipelines.train import add_override_option
 
@@ -69,7 +70,7 @@ def _felif_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, FeLIFLayer)}
 
 
-def gradients(config: dict, inputs, labels, mask, task, variant, state_dict=None) -> dict:
+def gradients(config: AnyExperiment, inputs, labels, mask, task, variant, state_dict=None) -> dict:
     """Loss, parameter gradients, drive gradients and traces of the FeLIF layers for one
     (algorithm, coarse_gradient) variant on one batch."""
     model = models.build(config, 0)
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint is not None:
         state_dict = torch.load(args.checkpoint, map_location="cpu", weights_only=False)["model"]
     if not _felif_layers(models.build(config, 0)):
-        print(f"diagnose: {config['name']} has no FeLIF layer; nothing to compare", file=sys.stderr)
+        print(f"diagnose: {config.name} has no FeLIF layer; nothing to compare", file=sys.stderr)
         return 2
     results = {}
     for variant in VARIANTS:
@@ -278,30 +279,30 @@ def main(argv: list[str] | None = None) -> int:
             if not torch.equal(spikes, reference["spikes"][name]):
                 print(f"diagnose: {label} forward differs from bptt in {name}", file=sys.stderr)
                 return 1
-    dt_ms = config["model"]["coarse_dt"] * 1e3
+    dt_ms = config.model.coarse_dt * 1e3
     weights = f"from {args.checkpoint}" if args.checkpoint else "at initialisation (seed 0)"
     payload = {
-        "experiment": config["name"],
+        "experiment": config.name,
         "setup": (
             f"{len(index)} {args.split} samples, weights {weights}, "
-            f"{config['model']['fine_steps']} fine steps per coarse step of {dt_ms:g} ms; "
+            f"{config.model.felif().fine_steps} fine steps per coarse step of {dt_ms:g} ms; "
             "cos / ratio: cosine similarity and norm ratio of a gradient against BPTT's exact one"
         ),
         "parameter_names": list(reference["parameters"]),
         "variants": {label: compare(reference, r, dt_ms) for label, r in results.items()},
         "operating_point": operating_point(reference),
-        "config": config,
+        "config": cfg.dump(config),
     }
     from bruno.io import atomic_write_json, atomic_write_text
 
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
-        args.out / f"{config['name']}.json", _finite(json.loads(json.dumps(payload, default=str)))
+        args.out / f"{config.name}.json", _finite(json.loads(json.dumps(payload, default=str)))
     )
     text = _markdown(payload)
-    atomic_write_text(args.out / f"{config['name']}.md", text)
+    atomic_write_text(args.out / f"{config.name}.md", text)
     print(text)
-    print(f"diagnose: wrote {args.out / (config['name'] + '.json')}")
+    print(f"diagnose: wrote {args.out / (config.name + '.json')}")
     return 0
 
 

@@ -44,6 +44,16 @@ class Dist:
     def any(self, flag: bool) -> bool:
         return self.sum([1.0 if flag else 0.0])[0] > 0
 
+    def wrap(self, model):
+        """``model`` for training: itself, or its DistributedDataParallel wrapper under DDP."""
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(
+            model, device_ids=None if self.device.type == "cpu" else [self.device]
+        )
+
     def barrier(self):
         if self.initialised:
             import torch.distributed as dist

@@ -12,9 +12,9 @@ Braille letters (27 classes):
 
 The synapse layers are ``bruno.synapses.SynapticLinear`` at the configured precision (fp, n-bit,
 calibrated 3-bit RRAM) for every weight matrix of a spiking network; their biases (a constant
-input, ``synapse.bias``) stay full precision. A fixed ``input_gain`` (an
-amplifier, not a trained weight) scales the synaptic drive into the neurons; the neuron layer turns
-drive into current with ``current_scale`` (A per unit).
+input, ``synapse.bias``) stay full precision. Each layer's fixed ``gain`` (an amplifier, not a
+trained weight) scales the synaptic drive into its neurons; a FeLIF layer turns drive into current
+with ``current_scale`` (A per unit). Truncated gradients (``grad_window``) are the layers' own.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipelines import schema
+
 JSB_NOTES = 54
 # Initial output bias: the log-odds of a note sounding (3.9 of 54 notes per frame on average), so
 # training starts from the marginal rate instead of p = 0.5.
@@ -32,103 +34,83 @@ BRAILLE_CHANNELS = 24
 BRAILLE_CLASSES = 27
 
 
-def felif_parameters(choice: str):
-    """'calibrated' (the calibration preset), 'paper' (the paper's defaults) or a preset path."""
+def felif_preset(choice: str):
+    """'calibrated' (the calibrated preset), 'paper' (paper defaults: None) or a preset path."""
     if choice == "paper":
         return None
     from bruno import presets
 
-    if choice == "calibrated":
-        return presets.load_felif_parameters()
-    return presets.load_felif_parameters(Path(choice))
+    return presets.load_felif_preset(None if choice == "calibrated" else Path(choice))
 
 
-def neuron_layer(kind: str, size: int, model: dict, seed: int) -> nn.Module:
-    """FeLIF (device model, current in A = current_scale x drive) or LIF/RLIF (dimensionless
-    drive, ``model.lif`` parameters, one step of ``coarse_dt`` per frame). An RLIF layer's
+def neuron_layer(
+    neuron: schema.FeLIFNeuron | schema.LIFNeuron,
+    size: int,
+    model: schema.SpikingModel,
+    seed: int,
+) -> nn.Module:
+    """The layer of a neuron config: FeLIF (device model, current in A = current_scale x drive)
+    or LIF/RLIF (dimensionless drive, one step of ``coarse_dt`` per frame). An RLIF layer's
     recurrent weights are synapses of the configured precision like the feed-forward ones."""
     from bruno import layers
 
-    if kind == "felif":
+    # a neuron config's options are named like the layer's keyword arguments
+    common = dict(seed=seed, grad_window=model.grad_window)
+    if isinstance(neuron, schema.FeLIFNeuron):
+        options = neuron.model_dump(exclude={"kind", "preset"})
         return layers.FeLIFLayer(
             size,
-            parameters=felif_parameters(model["felif_parameters"]),
-            algorithm=model["algorithm"],
-            coarse_gradient=model["coarse_gradient"],
-            fine_backend=model["fine_backend"],
-            fine_steps=model["fine_steps"],
-            coarse_dt=model["coarse_dt"],
-            variability_sigma=model["variability_sigma"],
-            seed=seed,
-            current_scale=model["current_scale"],
+            parameters=felif_preset(neuron.preset),
+            coarse_dt=model.coarse_dt,
+            **options,
+            **common,
         )
-    lif = dict(model["lif"], dt=model["coarse_dt"])
-    common = dict(variability_sigma=model["variability_sigma"], seed=seed, **lif)
-    if kind == "rlif":
-        recurrent = synapses(
-            size, size, dict(model, synapse=dict(model["synapse"], bias=False)), seed
-        )
-        return layers.RLIFLayer(size, recurrent_synapses=recurrent, **common)
-    return layers.LIFLayer(size, **common)
+    lif = dict(neuron.model_dump(exclude={"kind"}), dt=model.coarse_dt, **common)
+    if isinstance(neuron, schema.RLIFNeuron):
+        recurrent = synapses(size, size, model.synapse.model_copy(update={"bias": False}), seed)
+        return layers.RLIFLayer(size, recurrent_synapses=recurrent, **lif)
+    return layers.LIFLayer(size, **lif)
 
 
-def synapses(in_features: int, out_features: int, model: dict, seed: int) -> nn.Module:
+def synapses(in_features: int, out_features: int, synapse: schema.Synapse, seed: int) -> nn.Module:
     from bruno import presets
     from bruno.synapses import SynapticLinear
 
-    synapse = model["synapse"]
-    preset = synapse["rram_preset"]
+    preset = synapse.rram_preset
     return SynapticLinear(
         in_features,
         out_features,
-        precision=synapse["precision"],
+        precision=synapse.precision,
         rram_preset=presets.load_rram_preset(Path(preset)) if preset else None,
-        device_variability=synapse["device_variability"],
-        read_noise=synapse["read_noise"],
+        device_variability=synapse.device_variability,
+        read_noise=synapse.read_noise,
         seed=seed,
-        bias=synapse["bias"],
+        bias=synapse.bias,
     )
 
 
-def run_neurons(layer: nn.Module, drive: torch.Tensor, window: int | None) -> torch.Tensor:
-    """``layer(drive)``; with ``window`` the state is carried forward between chunks of ``window``
-    coarse steps but detached, i.e. gradients flow through at most ``window`` steps of neuron state
-    (truncated backpropagation through time; the forward values are unchanged)."""
-    if not window or window >= drive.shape[0]:
-        return layer(drive)
-    outputs, state = [], None
-    for start in range(0, drive.shape[0], window):
-        out, state = layer(drive[start : start + window], state=state, return_state=True)
-        state = type(state)(*(t.detach() for t in state))
-        outputs.append(out)
-    return torch.cat(outputs)
-
-
 class JSBSpiking(nn.Module):
-    def __init__(self, model: dict, seed: int):
+    def __init__(self, model: schema.SpikingModel, seed: int):
         super().__init__()
-        hidden = model["hidden"]
-        self.input_gain = float(model["input_gain"])
-        self.window = model["grad_window"]
-        self.synapses_in = synapses(JSB_NOTES, hidden, model, seed)
-        self.neurons = neuron_layer(model["neuron"], hidden, model, seed + 1)
-        self.synapses_out = synapses(hidden, JSB_NOTES, model, seed + 2)
+        hidden = model.hidden
+        self.input_gain = float(hidden.gain)
+        self.synapses_in = synapses(JSB_NOTES, hidden.size, model.synapse, seed)
+        self.neurons = neuron_layer(hidden.neuron, hidden.size, model, seed + 1)
+        self.synapses_out = synapses(hidden.size, JSB_NOTES, model.synapse, seed + 2)
         if self.synapses_out.bias is not None:
             with torch.no_grad():
                 self.synapses_out.bias.fill_(JSB_OUTPUT_BIAS)
 
     def forward(self, notes: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        drive = self.input_gain * self.synapses_in(notes)
-        spikes = run_neurons(self.neurons, drive, self.window)
-        logits = self.synapses_out(spikes)
-        return logits, {"spikes": spikes}
+        spikes = self.neurons(self.input_gain * self.synapses_in(notes))
+        return self.synapses_out(spikes), {"spikes": spikes}
 
 
 class JSBLSTM(nn.Module):
-    def __init__(self, model: dict, seed: int):
+    def __init__(self, model: schema.LSTMModel, seed: int):
         super().__init__()
-        self.lstm = nn.LSTM(JSB_NOTES, model["hidden"])
-        self.readout = nn.Linear(model["hidden"], JSB_NOTES)
+        self.lstm = nn.LSTM(JSB_NOTES, model.hidden)
+        self.readout = nn.Linear(model.hidden, JSB_NOTES)
         with torch.no_grad():
             self.readout.bias.fill_(JSB_OUTPUT_BIAS)
 
@@ -138,52 +120,45 @@ class JSBLSTM(nn.Module):
 
 
 class BrailleSpiking(nn.Module):
-    def __init__(self, model: dict, seed: int):
+    def __init__(self, model: schema.BrailleSpikingModel, seed: int):
         super().__init__()
-        hidden = model["hidden"]
-        self.input_gain = float(model["input_gain"])
-        self.output_gain = float(model["output_gain"])
-        self.count_scale = float(model["count_scale"])
-        self.window = model["grad_window"]
-        self.synapses_in = synapses(BRAILLE_CHANNELS, hidden, model, seed)
-        self.hidden = neuron_layer(model["neuron"], hidden, model, seed + 1)
-        self.synapses_out = synapses(hidden, BRAILLE_CLASSES, model, seed + 2)
-        self.outputs = neuron_layer(model["output_neuron"], BRAILLE_CLASSES, model, seed + 3)
+        hidden, output = model.hidden, model.output
+        self.input_gain = float(hidden.gain)
+        self.output_gain = float(output.gain)
+        self.count_scale = float(output.readout_scale)
+        self.synapses_in = synapses(BRAILLE_CHANNELS, hidden.size, model.synapse, seed)
+        self.hidden = neuron_layer(hidden.neuron, hidden.size, model, seed + 1)
+        self.synapses_out = synapses(hidden.size, BRAILLE_CLASSES, model.synapse, seed + 2)
+        self.outputs = neuron_layer(output.neuron, BRAILLE_CLASSES, model, seed + 3)
 
     def forward(self, events: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        drive = self.input_gain * self.synapses_in(events)
-        hidden_spikes = run_neurons(self.hidden, drive, self.window)
-        drive = self.output_gain * self.synapses_out(hidden_spikes)
-        output_spikes = run_neurons(self.outputs, drive, self.window)
+        hidden_spikes = self.hidden(self.input_gain * self.synapses_in(events))
+        output_spikes = self.outputs(self.output_gain * self.synapses_out(hidden_spikes))
         counts = output_spikes.sum(0)
         return self.count_scale * counts, {"spikes": hidden_spikes, "output_spikes": output_spikes}
 
 
-def build(config: dict, seed: int) -> nn.Module:
+def build(config: schema.AnyExperiment, seed: int) -> nn.Module:
     """The network of a resolved config; parameters initialised from ``seed``."""
     torch.manual_seed(seed)
-    model = config["model"]
-    if config["task"] == "jsb":
-        return JSBLSTM(model, seed) if model["kind"] == "lstm" else JSBSpiking(model, seed)
+    model = config.model
+    if config.task == "jsb":
+        return JSBLSTM(model, seed) if model.kind == "lstm" else JSBSpiking(model, seed)
     return BrailleSpiking(model, seed)
 
 
-def presets_used(config: dict) -> dict[str, str]:
+def presets_used(config: schema.AnyExperiment) -> dict[str, str]:
     """The preset file behind each device of the network ({"felif": path, "rram": path}), as the
     layers load them: a run records what it was trained on."""
     from bruno import presets
 
-    model = config["model"]
+    model = config.model
     out = {}
-    neurons = {model["neuron"], model.get("output_neuron")}
-    if model["kind"] == "spiking" and "felif" in neurons:
-        choice = model["felif_parameters"]
-        out["felif"] = (
-            "paper defaults"
-            if choice == "paper"
-            else presets.load_felif_preset(None if choice == "calibrated" else Path(choice)).source
-        )
-    if model["kind"] == "spiking" and model["synapse"]["precision"] == "rram":
-        preset = model["synapse"]["rram_preset"]
-        out["rram"] = presets.load_rram_preset(Path(preset) if preset else None).source
+    felif = model.felif()
+    if felif is not None:
+        preset = felif_preset(felif.preset)
+        out["felif"] = "paper defaults" if preset is None else preset.source
+    if model.kind == "spiking" and model.synapse.precision == "rram":
+        path = model.synapse.rram_preset
+        out["rram"] = presets.load_rram_preset(Path(path) if path else None).source
     return out

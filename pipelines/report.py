@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 
 from bruno.io import atomic_save_figure, atomic_write_text
+from pipelines import config as cfg
+from pipelines.schema import AnyExperiment
 
 TRAIN_DIR = Path("results/train")
 REPORT_DIR = Path("results/report")
@@ -47,8 +49,10 @@ def load_runs(root: Path) -> list[dict]:
         if (run_dir / "metrics.json").is_file() or not (run_dir / "config.json").is_file():
             continue
         failure = json.loads(failure_path.read_text())
-        config = json.loads((run_dir / "config.json").read_text())
-        metrics = {"seed": failure.get("seed", config["seeds"][0]), "failed": failure["reason"]}
+        config = _run_config(run_dir)
+        if config is None:
+            continue
+        metrics = {"seed": failure.get("seed", config.seeds[0]), "failed": failure["reason"]}
         runs.append({"dir": run_dir, "metrics": metrics, "config": config})
     for metrics_path in sorted(root.glob("*/metrics.json")):
         config_path = metrics_path.parent / "config.json"
@@ -56,9 +60,11 @@ def load_runs(root: Path) -> list[dict]:
             continue
         try:
             metrics = json.loads(metrics_path.read_text())
-            config = json.loads(config_path.read_text())
         except json.JSONDecodeError as error:
             print(f"report: skipping {metrics_path.parent} ({error})", file=sys.stderr)
+            continue
+        config = _run_config(metrics_path.parent)
+        if config is None:
             continue
         metrics["train_peak_mb"] = metrics.get("peak_gpu_mb") or metrics.get("peak_rss_mb")
         if metrics.get("train_time_s") is not None and metrics.get("epochs_run"):
@@ -71,33 +77,59 @@ def load_runs(root: Path) -> list[dict]:
     return runs
 
 
-def _describe(config: dict) -> dict:
-    model = config["model"]
-    synapse = model["synapse"]
-    if model["kind"] == "lstm":
-        network = f"LSTM({model['hidden']})"
-        neuron, algorithm = "-", "BPTT (autograd)"
+def _run_config(run_dir: Path) -> AnyExperiment | None:
+    """A run's resolved config, or None (said on stderr) when it cannot be read in today's schema
+    (a run of an older config format: rerun it)."""
+    try:
+        raw = json.loads((run_dir / "config.json").read_text())
+        return cfg.resolve(raw, name=raw.get("name"))
+    except (json.JSONDecodeError, cfg.ConfigError) as error:
+        first = str(error).splitlines()[1:2] or [str(error)]
+        print(f"report: skipping {run_dir} (config.json: {first[0].strip()})", file=sys.stderr)
+        return None
+
+
+def _neuron_label(neuron) -> str:
+    return neuron.kind.upper().replace("FELIF", "FeLIF")
+
+
+def describe(config: AnyExperiment) -> dict:
+    """What a table row and a summary record say about an experiment: the network
+    (``"lif->felif"``, ``"felif"``, ``"lstm"``), how it was trained, its synapses and sigma."""
+    model = config.model
+    if model.kind == "lstm":
+        return {
+            "network": "lstm",
+            "display": f"LSTM({model.hidden})",
+            "algorithm": "bptt",
+            "algorithm_display": "BPTT (autograd)",
+            "synapses": "fp",
+            "synapses_display": "fp",
+            "sigma": 0.0,
+        }
+    neurons = model.neurons()
+    sizes = [model.hidden.size] + ([27] if len(neurons) == 2 else [])
+    felif = model.felif()
+    if felif is None:
+        algorithm, shown = "bptt", "BPTT (surrogate)"
     else:
-        neuron = model["neuron"].upper().replace("FELIF", "FeLIF")
-        if config["task"] == "braille":
-            out = model["output_neuron"].upper().replace("FELIF", "FeLIF")
-            network = f"{neuron}({model['hidden']}) -> {out}(27)"
-            uses_felif = "felif" in (model["neuron"], model["output_neuron"])
-        else:
-            network = f"{neuron}({model['hidden']})"
-            uses_felif = model["neuron"] == "felif"
-        algorithm = model["algorithm"] if uses_felif else "BPTT (surrogate)"
-        if uses_felif:
-            algorithm += f", n={model['fine_steps']}"
-    precision = synapse["precision"]
-    if precision == "rram":
-        precision = "RRAM 3-bit (calibrated)"
+        algorithm = felif.algorithm
+        shown = f"{algorithm}, n={felif.fine_steps}"
+        if algorithm == "bruno":
+            algorithm = f"bruno-{felif.coarse_gradient}"
+            shown += f", {felif.coarse_gradient} coarse gradient"
+    precision = model.synapse.precision
+    sigmas = [n.variability_sigma for n in neurons if n.variability_sigma is not None]
     return {
-        "network": network,
-        "neuron": neuron,
+        "network": "->".join(n.kind for n in neurons),
+        "display": " -> ".join(
+            f"{_neuron_label(n)}({size})" for n, size in zip(neurons, sizes, strict=True)
+        ),
         "algorithm": algorithm,
+        "algorithm_display": shown,
         "synapses": precision,
-        "sigma": f"{model['variability_sigma']:g}",
+        "synapses_display": "RRAM 3-bit (calibrated)" if precision == "rram" else precision,
+        "sigma": max(sigmas, default=0.0),
     }
 
 
@@ -119,20 +151,20 @@ def summarise(runs: list[dict]) -> dict[str, list[dict]]:
     for run in runs:
         config = run["config"]
         entry = experiments.setdefault(
-            config["name"],
-            {"name": config["name"], "config": config, "group": config.get("group"), "runs": []},
+            config.name,
+            {"name": config.name, "config": config, "group": config.group, "runs": []},
         )
         entry["runs"].append(run)
     groups: dict[str, list[dict]] = {}
     for name in sorted(experiments):
         entry = experiments[name]
-        group = entry["group"] or entry["config"]["task"]
+        group = entry["group"] or entry["config"].task
         groups.setdefault(group, []).append(entry)
     return groups
 
 
 def _metrics_for(entry: dict) -> list[tuple]:
-    task = entry["config"]["task"]
+    task = entry["config"].task
     return (JSB_METRICS if task == "jsb" else BRAILLE_METRICS) + COST_METRICS
 
 
@@ -144,18 +176,18 @@ def table(entries: list[dict]) -> tuple[str, list[dict]]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = []
     for entry in entries:
-        describe = _describe(entry["config"])
+        about = describe(entry["config"])
         seeds = sorted(run["metrics"]["seed"] for run in entry["runs"])
         failures = [run["metrics"]["failed"] for run in entry["runs"] if "failed" in run["metrics"]]
         cells = [
             entry["name"],
-            describe["network"],
-            describe["algorithm"],
-            describe["synapses"],
-            describe["sigma"],
+            about["display"],
+            about["algorithm_display"],
+            about["synapses_display"],
+            f"{about['sigma']:g}",
             f"{len(seeds)} ({','.join(map(str, seeds))})",
         ]
-        row = {"experiment": entry["name"], **describe, "seeds": len(seeds)}
+        row = {"experiment": entry["name"], **about, "seeds": len(seeds)}
         for key, _, digits, _ in metric_spec:
             values = [run["metrics"].get(key) for run in entry["runs"]]
             cells.append(_stat(values, key, digits))
@@ -183,9 +215,9 @@ def matrix(entries: list[dict]) -> str | None:
     rows: list[str] = []
     columns: list[str] = []
     for entry in entries:
-        describe = _describe(entry["config"])
-        row = f"{describe['network']}, {describe['algorithm']}"
-        column = f"{describe['synapses']}, σ = {describe['sigma']}"
+        about = describe(entry["config"])
+        row = f"{about['display']}, {about['algorithm_display']}"
+        column = f"{about['synapses_display']}, σ = {about['sigma']:g}"
         rows += [row] if row not in rows else []
         columns += [column] if column not in columns else []
         values = [run["metrics"].get(key) for run in entry["runs"]]
@@ -212,7 +244,7 @@ def _figure(path: Path, group: str, entries: list[dict]) -> None:
 
     metric_spec = _metrics_for(entries[0])
     headline = metric_spec[0]
-    jsb = entries[0]["config"]["task"] == "jsb"
+    jsb = entries[0]["config"].task == "jsb"
     panels = 2 if jsb else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 0.45 * len(entries) + 2.0))
     axes = axes if panels > 1 else [axes]
@@ -282,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     for group, entries in groups.items():
         markdown, rows = table(entries)
         parts += ["", f"## {group}", ""]
-        descriptions = {e["config"].get("description", "") for e in entries}
+        descriptions = {e["config"].description for e in entries}
         if len(descriptions) == 1 and next(iter(descriptions)):
             parts += [next(iter(descriptions)), ""]
         grid = matrix(entries)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines import config as cfg
+from pipelines.schema import AnyExperiment
 from pipelines.train import RESULTS_DIR, add_override_option
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,11 +58,10 @@ class Job:
         ]
 
 
-def _estimated_cost(config: dict) -> float:
-    model = config["model"]
-    neurons = {model.get("neuron"), model.get("output_neuron")}
-    per_epoch = max(_NEURON_COST.get(n, 1.0) for n in neurons)
-    return per_epoch * config["optim"]["epochs"]
+def _estimated_cost(config: AnyExperiment) -> float:
+    kinds = [neuron.kind for neuron in config.model.neurons()]
+    per_epoch = max((_NEURON_COST.get(kind, 1.0) for kind in kinds), default=1.0)
+    return per_epoch * config.optim.epochs
 
 
 def plan(selection: list[str], overrides: list[str], seeds: list[int] | None) -> list[Job]:
@@ -79,7 +79,7 @@ def plan(selection: list[str], overrides: list[str], seeds: list[int] | None) ->
         if groups is None:
             groups = {}
             for name in experiments:
-                groups.setdefault(cfg.load(name)["group"], []).append(name)
+                groups.setdefault(cfg.load(name).group, []).append(name)
         if item not in groups:
             raise cfg.ConfigError(
                 f"{item!r} is neither an experiment nor a group; groups: "
@@ -89,8 +89,8 @@ def plan(selection: list[str], overrides: list[str], seeds: list[int] | None) ->
     jobs = []
     for name in dict.fromkeys(names):
         config = cfg.load(name, overrides)
-        for seed in seeds or config["seeds"]:
-            jobs.append(Job(name, seed, f"{config['name']}_s{seed}", _estimated_cost(config)))
+        for seed in seeds or config.seeds:
+            jobs.append(Job(name, seed, f"{config.name}_s{seed}", _estimated_cost(config)))
     return sorted(jobs, key=lambda job: (-job.cost, job.run))
 
 

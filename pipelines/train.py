@@ -21,7 +21,11 @@ batch. Only rank 0 writes files.
 
 Faults: a non-finite loss, output or parameter stops the run with a message naming the epoch and
 batch; the last good checkpoint (written only after a finite epoch) is kept. Tests inject faults
-(a killed process, a NaN loss) through :data:`BATCH_HOOKS`.
+(a killed process, a NaN loss) through :data:`pipelines.loop.BATCH_HOOKS`.
+
+A run stops before ``optim.epochs`` when the next epoch would end past ``optim.time_budget_s`` or
+when the selected validation metric has not improved for ``optim.patience`` epochs (early
+stopping); the test metrics are those of the best validation epoch's weights.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +45,7 @@ import torch
 
 from pipelines import config as cfg
 from pipelines import datasets as ds
-from pipelines import models
+from pipelines import loop, models
 from pipelines.distributed import Dist
 from pipelines.runfiles import (
     peak_rss_mb,
@@ -52,274 +56,201 @@ from pipelines.runfiles import (
     write_csv,
     write_json,
 )
+from pipelines.schema import AnyExperiment, Optim
 from pipelines.tasks import make_task
 
 RESULTS_DIR = Path("results/train")
-#: Called with ``(epoch, batch, loss)`` (1-based) after each training batch's loss, returning the
-#: loss to use; empty in production. Tests inject faults through it (tests/fault_injection.py).
-BATCH_HOOKS: list[Callable[[int, int, torch.Tensor], torch.Tensor]] = []
+# re-exported: the loop's pieces live in pipelines.loop
+TrainingDiverged = loop.TrainingDiverged
+evaluate = loop.evaluate
 
 
-class TrainingDiverged(RuntimeError):
-    """NaN/Inf in the loss, the network's outputs or its parameters."""
+@dataclass
+class RunFiles:
+    """The files of one run directory (module docstring)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.config, self.last, self.best = (
+            self.root / n for n in ("config.json", "last.pt", "best.pt")
+        )
+        self.metrics = self.root / "metrics.json"
+
+    def clear(self) -> None:
+        for path in (self.last, self.best, self.metrics, self.root / "metrics.csv"):
+            path.unlink(missing_ok=True)
+        (self.root / "failure.json").unlink(missing_ok=True)
 
 
-# --------------------------------------------------------------------------------------------------
-# Training
-
-
-def _optimiser(params, optim: dict):
-    name, lr, decay = optim["name"], optim["lr"], optim["weight_decay"]
-    if name == "adamax":
-        return torch.optim.Adamax(params, lr=lr, weight_decay=decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=decay)
-    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=decay)
-
-
-def _batches(size: int, batch_size: int, generator: torch.Generator | None) -> list[list[int]]:
-    order = (
-        torch.randperm(size, generator=generator) if generator is not None else torch.arange(size)
-    )
-    order = order.tolist()
-    return [order[i : i + batch_size] for i in range(0, size, batch_size)]
-
-
-def _check_finite(tensors: dict, where: str) -> str | None:
-    for name, tensor in tensors.items():
-        if tensor is not None and torch.is_tensor(tensor) and not torch.isfinite(tensor).all():
-            return f"non-finite {name} {where}"
+def _open(files: RunFiles, resolved: dict, dist: Dist, fresh: bool) -> dict | None:
+    """Prepare the run directory; returns the finished run's metrics when it is complete.
+    A directory holding a run of another config is refused (ConfigError)."""
+    if dist.main:
+        files.root.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            files.clear()
+    dist.barrier()
+    if files.config.exists() and (files.last.exists() or files.metrics.exists()):
+        previous = json.loads(files.config.read_text())
+        try:  # fill in defaults of keys added since that run was written
+            previous = cfg.dump(cfg.resolve(previous, name=previous.get("name")))
+        except cfg.ConfigError:
+            pass  # a config of another format: certainly a different run
+        if previous != resolved:
+            raise cfg.ConfigError(
+                f"{files.root} holds a run of a different config; use --fresh to overwrite it or "
+                f"--run NAME to write elsewhere"
+            )
+        if files.metrics.exists():
+            if dist.main:
+                print(f"train: {files.root} is complete (use --fresh to run it again)")
+            return json.loads(files.metrics.read_text())
+    if dist.main:
+        write_json(files.config, resolved)
     return None
 
 
-def evaluate(model, task, split: str, batch_size: int, dist: Dist) -> dict:
-    model.eval()
-    batches = _batches(task.size(split), batch_size, None)
-    sums = None
-    with torch.no_grad():
-        for number, index in enumerate(batches):
-            if number % dist.world != dist.rank:  # whole batches per rank; sums are additive
-                continue
-            inputs, targets, mask = task.batch(split, index, dist.device)
-            logits, _ = model(inputs)
-            local = task.eval_sums(logits, targets, mask)
-            sums = local if sums is None else [a + b for a, b in zip(sums, local, strict=True)]
-    sums = dist.sum(sums if sums is not None else _zero_sums(task))
-    return task.eval_metrics(sums, split)
+@dataclass
+class Progress:
+    """What a checkpoint carries besides weights: epochs done, their rows, the best epoch."""
+
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    best: dict | None = None
+    elapsed: float = 0.0
+
+    def improved(self, value: float, mode: str) -> bool:
+        best = self.best
+        return best is None or (value < best["value"] if mode == "min" else value > best["value"])
+
+    def stop_reason(self, optim: Optim) -> str | None:
+        """Why no further epoch starts: the time budget or early stopping (patience)."""
+        if optim.time_budget_s and self.history:
+            if self.elapsed + self.history[-1]["epoch_time_s"] > optim.time_budget_s:
+                return f"time budget {optim.time_budget_s:.0f} s reached after epoch {self.epoch}"
+        if optim.patience and self.best and self.epoch - self.best["epoch"] >= optim.patience:
+            return f"no validation improvement for {optim.patience} epochs after epoch {self.epoch}"
+        return None
 
 
-def _zero_sums(task) -> list[float]:
-    return [0.0] * task.eval_sum_count
-
-
-def run_one(config: dict, seed: int, run_dir: Path, dist: Dist, fresh=False, progress=True):
-    """Train (or resume) one seed of an experiment; returns the final metrics."""
-    from tqdm.auto import tqdm
-
-    run_dir = Path(run_dir)
-    resolved = dict(config, seeds=[seed])
+def _restore(files: RunFiles, model, optimiser, dist: Dist) -> Progress:
+    if not files.last.exists():
+        return Progress()
+    state = torch.load(files.last, map_location=dist.device, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimiser"])
+    set_rng_state(state["rng"][dist.rank] if dist.rank < len(state["rng"]) else state["rng"][0])
     if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    config_path, last_path, best_path = (
-        run_dir / "config.json",
-        run_dir / "last.pt",
-        run_dir / "best.pt",
+        print(f"train: resuming {files.root.name} after epoch {state['epoch']}")
+    return Progress(state["epoch"], state["history"], state["best"], state.get("elapsed", 0.0))
+
+
+def _record(files: RunFiles, model, optimiser, progress: Progress, improved, task, dist: Dist):
+    """Checkpoints (best, last), the per-epoch CSV and curves, and one line on stdout."""
+    rng = _gather_rng(dist)
+    if not dist.main:
+        return
+    if improved:
+        save_checkpoint(files.best, {"model": model.state_dict(), "epoch": progress.epoch})
+    save_checkpoint(
+        files.last,
+        {
+            "model": model.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "epoch": progress.epoch,
+            "history": progress.history,
+            "best": progress.best,
+            "elapsed": progress.elapsed,
+            "rng": rng,
+        },
     )
-    metrics_path = run_dir / "metrics.json"
-    if fresh and dist.main:
-        for path in (
-            last_path,
-            best_path,
-            metrics_path,
-            run_dir / "metrics.csv",
-            run_dir / "failure.json",
-        ):
-            path.unlink(missing_ok=True)
-    dist.barrier()
-    if config_path.exists() and (last_path.exists() or metrics_path.exists()):
-        previous = json.loads(config_path.read_text())
-        try:  # fill in defaults of keys added since that run was written
-            previous = cfg.resolve(previous, name=previous.get("name"))
-        except cfg.ConfigError:
-            pass
-        if previous != json.loads(json.dumps(resolved)):
-            raise cfg.ConfigError(
-                f"{run_dir} holds a run of a different config; use --fresh to overwrite it or "
-                f"--run NAME to write elsewhere"
-            )
-        if metrics_path.exists():
-            if dist.main:
-                print(f"train: {run_dir} is complete (use --fresh to run it again)")
-            return json.loads(metrics_path.read_text())
-    if dist.main:
-        write_json(config_path, resolved)
+    write_csv(files.root / "metrics.csv", progress.history)
+    plot_curves(files.root / "curves.png", progress.history, files.root.name, task.select_key)
+    row = progress.history[-1]
+    summary = ", ".join(
+        f"{k}={v:.4f}" for k, v in row.items() if k.startswith("valid_") and isinstance(v, float)
+    )
+    print(
+        f"{files.root.name} epoch {progress.epoch}: train_loss={row['train_loss']:.4f} "
+        f"{summary} lr={row['lr']:.2g} ({row['epoch_time_s']:.1f} s)",
+        flush=True,
+    )
 
+
+def run_one(
+    config: AnyExperiment, seed: int, run_dir: Path, dist: Dist, fresh=False, progress=True
+):
+    """Train (or resume) one seed of an experiment; returns the final metrics."""
+    files = RunFiles(run_dir)
+    done = _open(files, cfg.dump(config.model_copy(update={"seeds": [seed]})), dist, fresh)
+    if done is not None:
+        return done
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
     task = make_task(config)
     model = models.build(config, seed).to(dist.device)
-    optim = config["optim"]
-    optimiser = _optimiser(model.parameters(), optim)
-    start_epoch, history, best, elapsed = 0, [], None, 0.0
-    if last_path.exists():
-        state = torch.load(last_path, map_location=dist.device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        start_epoch, history, best = state["epoch"], state["history"], state["best"]
-        elapsed = state.get("elapsed", 0.0)
-        set_rng_state(state["rng"][dist.rank] if dist.rank < len(state["rng"]) else state["rng"][0])
-        if dist.main:
-            print(f"train: resuming {run_dir.name} after epoch {start_epoch}")
-    trained = model
-    if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        trained = DistributedDataParallel(
-            model, device_ids=None if dist.device.type == "cpu" else [dist.device]
-        )
-
+    optim = config.optim
+    optimiser = loop.optimiser(model.parameters(), optim)
+    state = _restore(files, model, optimiser, dist)
+    trained = dist.wrap(model)
     baseline_rss = peak_rss_mb()
     if dist.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dist.device)
-    budget = optim.get("time_budget_s")
     stopped = None
-    for epoch in range(start_epoch, optim["epochs"]):
-        if budget and history and elapsed + history[-1]["epoch_time_s"] > budget:
-            stopped = f"time budget {budget:.0f} s reached after epoch {epoch}"
-            break
-        trained.train()
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        batches = _batches(task.size("train"), optim["batch_size"], generator)
+    while state.epoch < optim.epochs and not (stopped := state.stop_reason(optim)):
+        epoch = state.epoch
+        label = f"{files.root.name} epoch {epoch + 1}/{optim.epochs}" if progress else None
         started = time.perf_counter()
-        loss_total, norm_total, skipped = 0.0, 0.0, 0
-        bar = tqdm(
-            batches,
-            desc=f"{run_dir.name} epoch {epoch + 1}/{optim['epochs']}",
-            disable=not (progress and dist.main),
-            leave=False,
-            mininterval=1.0,
-            dynamic_ncols=True,
-        )
-        for number, index in enumerate(bar):
-            normaliser = task.normaliser("train", index)
-            shard = index[dist.rank :: dist.world]
-            # more ranks than samples in this batch: run one sample with weight 0 so that every
-            # rank takes part in DDP's gradient all-reduce
-            weight = 1.0 if shard else 0.0
-            inputs, targets, mask = task.batch("train", shard or index[:1], dist.device)
-            logits, aux = trained(inputs)
-            loss_sum = weight * task.loss_sum(logits, targets, mask)
-            for hook in BATCH_HOOKS:
-                loss_sum = hook(epoch + 1, number + 1, loss_sum)
-            problem = _check_finite(
-                {"loss": loss_sum, "output": logits, **aux},
-                f"at epoch {epoch + 1} batch {number + 1}",
-            )
-            if dist.any(problem is not None):
-                raise TrainingDiverged(
-                    problem or f"non-finite values on another rank at epoch {epoch + 1}"
-                )
-            loss = loss_sum * (dist.world / normaliser)  # DDP averages over ranks
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            problem = _check_finite(
-                {f"gradient of {n}": q.grad for n, q in model.named_parameters()},
-                f"at epoch {epoch + 1} batch {number + 1}",
-            )
-            if problem and optim["on_nonfinite_grad"] == "stop":
-                raise TrainingDiverged(problem)
-            if problem:  # "skip": no update from this batch (gradients are identical on all ranks)
-                skipped += 1
-                optimiser.zero_grad(set_to_none=True)
-            else:
-                if optim["grad_clip"]:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), optim["grad_clip"])
-                optimiser.step()
-            problem = _check_finite(
-                dict(model.named_parameters()),
-                f"(parameters) after epoch {epoch + 1} batch {number + 1}",
-            )
-            if problem:
-                raise TrainingDiverged(problem)
-            loss_total += loss_sum.item()
-            norm_total += normaliser / dist.world
-            if dist.main and number % 5 == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() * dist.world / normaliser:.3f}")
-        bar.close()
-        train_loss = dist.sum([loss_total])[0] / dist.sum([norm_total])[0]
-        train_time = time.perf_counter() - started
-        valid = evaluate(model, task, "valid", optim["eval_batch_size"], dist)
+        result = loop.train_epoch(trained, model, task, optimiser, optim, epoch, seed, dist, label)
+        valid = evaluate(model, task, "valid", optim.eval_batch_size, dist)
         epoch_time = time.perf_counter() - started
-        elapsed += epoch_time
+        if not all(math.isfinite(v) for v in (result.train_loss, *valid.values())):
+            raise TrainingDiverged(
+                f"non-finite validation metrics after epoch {epoch + 1}: {valid}"
+            )
         row = {
             "epoch": epoch + 1,
-            "train_loss": train_loss,
+            "train_loss": result.train_loss,
             **valid,
-            "train_time_s": train_time,
+            "lr": loop.learning_rate(optim, epoch),
+            "train_time_s": result.train_time_s,
             "epoch_time_s": epoch_time,
-            "skipped_batches": skipped,
-            "batches": len(batches),
+            "skipped_batches": result.skipped_batches,
+            "batches": result.batches,
             "peak_rss_mb": peak_rss_mb(),
         }
         if dist.device.type == "cuda":
             row["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dist.device) / 2**20
-        if not all(math.isfinite(v) for v in (train_loss, *[v for v in valid.values()])):
-            raise TrainingDiverged(
-                f"non-finite validation metrics after epoch {epoch + 1}: {valid}"
-            )
-        history.append(row)
-        value = row[task.select_key]
-        improved = best is None or (
-            value < best["value"] if task.select_mode == "min" else value > best["value"]
-        )
+        improved = state.improved(row[task.select_key], task.select_mode)
+        state.epoch, state.elapsed = epoch + 1, state.elapsed + epoch_time
+        state.history.append(row)
         if improved:
-            best = {"epoch": epoch + 1, "value": value}
-        rng = _gather_rng(dist)
-        if dist.main:
-            if improved:
-                save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch + 1})
-            save_checkpoint(
-                last_path,
-                {
-                    "model": model.state_dict(),
-                    "optimiser": optimiser.state_dict(),
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "best": best,
-                    "elapsed": elapsed,
-                    "rng": rng,
-                },
-            )
-            write_csv(run_dir / "metrics.csv", history)
-            plot_curves(run_dir / "curves.png", history, run_dir.name, task.select_key)
-            summary = ", ".join(
-                f"{k}={v:.4f}"
-                for k, v in row.items()
-                if k.startswith("valid_") and isinstance(v, float)
-            )
-            print(
-                f"{run_dir.name} epoch {epoch + 1}/{optim['epochs']}: train_loss={train_loss:.4f} "
-                f"{summary} ({epoch_time:.1f} s)",
-                flush=True,
-            )
+            state.best = {"epoch": epoch + 1, "value": row[task.select_key]}
+        _record(files, model, optimiser, state, improved, task, dist)
         dist.barrier()
+    return _finish(files, config, seed, model, task, state, stopped, baseline_rss, dist)
 
-    # final evaluation with the best validation epoch's weights
+
+def _finish(files, config, seed, model, task, state: Progress, stopped, baseline_rss, dist):
+    """Final evaluation with the best validation epoch's weights; writes metrics.json."""
     dist.barrier()
-    state = torch.load(best_path, map_location=dist.device, weights_only=False)
-    model.load_state_dict(state["model"])
+    best = torch.load(files.best, map_location=dist.device, weights_only=False)
+    model.load_state_dict(best["model"])
     final = {}
     for split in ("valid", "test"):
-        final.update(evaluate(model, task, split, optim["eval_batch_size"], dist))
+        final.update(evaluate(model, task, split, config.optim.eval_batch_size, dist))
+    history = state.history
     metrics = {
-        "experiment": config["name"],
-        "task": config["task"],
+        "experiment": config.name,
+        "task": config.task,
         "seed": seed,
-        "best_epoch": state["epoch"],
+        "best_epoch": best["epoch"],
         "epochs_run": len(history),
         "train_time_s": sum(r["train_time_s"] for r in history),
-        "total_time_s": elapsed,
+        "total_time_s": state.elapsed,
         "mean_epoch_time_s": sum(r["epoch_time_s"] for r in history) / max(len(history), 1),
         "peak_rss_mb": peak_rss_mb(),
         "baseline_rss_mb": baseline_rss,
@@ -334,9 +265,9 @@ def run_one(config: dict, seed: int, run_dir: Path, dist: Dist, fresh=False, pro
     if dist.device.type == "cuda":
         metrics["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dist.device) / 2**20
     if dist.main:
-        write_json(metrics_path, metrics)
-        (run_dir / "failure.json").unlink(missing_ok=True)
-        print(f"train: {run_dir} done: " + _headline(metrics))
+        write_json(files.metrics, metrics)
+        (files.root / "failure.json").unlink(missing_ok=True)
+        print(f"train: {files.root} done: " + _headline(metrics))
     dist.barrier()
     return metrics
 
@@ -418,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     except cfg.ConfigError as error:
         print(f"train: {error}", file=sys.stderr)
         return 2
-    seeds = args.seed or config["seeds"]
+    seeds = args.seed or config.seeds
     if args.run and len(seeds) > 1:
         print("train: --run names one run; give one --seed with it", file=sys.stderr)
         return 2
@@ -433,14 +364,14 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     try:
         for seed in seeds:
-            run_dir = args.out / (args.run or f"{config['name']}_s{seed}")
+            run_dir = args.out / (args.run or f"{config.name}_s{seed}")
             run_one(config, seed, run_dir, dist, fresh=args.fresh, progress=not args.no_progress)
     except TrainingDiverged as error:
         if dist.main:
             write_json(
                 run_dir / "failure.json",
                 {
-                    "experiment": config["name"],
+                    "experiment": config.name,
                     "seed": seed,
                     "reason": str(error),
                     "peak_rss_mb": peak_rss_mb(),
@@ -461,6 +392,6 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def _preflight(config: dict) -> None:
+def _preflight(config: AnyExperiment) -> None:
     """Checks that need imports but no training: the network builds with this config."""
     models.build(config, 0)

@@ -1,6 +1,6 @@
 """Training with an injected fault, for the tests: ``python -m tests.fault_injection SPEC ARGS...``
 runs ``python -m pipelines train ARGS...`` with SPEC = ``kill@E.B`` (SIGKILL at epoch E batch B)
-or ``nan@E.B`` (that batch's loss is NaN), through :data:`pipelines.train.BATCH_HOOKS`."""
+or ``nan@E.B`` (that batch's loss is NaN), through :data:`pipelines.loop.BATCH_HOOKS`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from pipelines import train
+from pipelines import loop, train
 
 
 def fault_hook(spec: str) -> Callable[[int, int, torch.Tensor], torch.Tensor]:
@@ -36,5 +36,5 @@ def command(spec: str, args: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    train.BATCH_HOOKS.append(fault_hook(sys.argv[1]))
+    loop.BATCH_HOOKS.append(fault_hook(sys.argv[1]))
     sys.exit(train.main(sys.argv[2:]))

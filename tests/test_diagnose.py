@@ -26,7 +26,7 @@ def _real_braille():
 
 def test_diagnosis_reproduces_the_n1_identity_and_writes_its_report(tmp_path, capsys):
     args = ["--batch", "2", "--out", str(tmp_path), "--set", "data.n_steps=12"]
-    assert diagnose.main([*args, "--set", "model.fine_steps=1"]) == 0
+    assert diagnose.main([*args, "--set", "model.output.neuron.fine_steps=1"]) == 0
     report = json.loads((tmp_path / "braille_felif_fp_v0.json").read_text())
     euler = report["variants"]["bruno (euler)"]
     for name, stats in euler["parameters"].items():

@@ -121,22 +121,19 @@ def test_subthreshold_mask_and_crossings():
 
 
 def test_committed_preset_is_valid_and_readable_by_bruno():
-    payload = F.load_preset(F.PRESET)
-    assert payload["schema"] == F.SCHEMA
+    from bruno import presets
+
+    preset = presets.load_felif_preset(F.PRESET)
+    payload = preset.to_payload()
     for name in F.FIT_FIELDS:
-        assert name in payload["parameters"] and name in payload["uncertainties"]
+        assert name in payload["parameters"] and preset.uncertainties[name] > 0
     prov = payload["provenance"]
     assert prov["netlist"] == "netlists/felif.cir"
     assert prov["netlist_sha256"] == spice.netlist_hash(F.NETLIST), (
-        "netlists/felif.cir changed since calibration/presets/felif.json was calibrated: "
+        "netlists/felif.cir changed since bruno/presets/felif.json was calibrated: "
         "run `make calibrate`"
     )
     for key in ("python", "torch", "lmfit", "ngspice"):
         assert prov["versions"][key]
-    for key in ("chi_square", "reduced_chi_square", "n_evaluations", "lmfit_result", "report"):
+    for key in ("chi_square", "reduced_chi_square", "n_evaluations", "lmfit_params"):
         assert key in payload["fit"]
-    presets = pytest.importorskip("bruno.presets")
-    loaded = presets.load_felif_parameters(F.PRESET)
-    assert float(loaded.activation_field) == pytest.approx(
-        payload["parameters"]["activation_field"]
-    )

@@ -126,7 +126,9 @@ def test_quick_calibrate_then_validate_into_a_temporary_directory(tmp_path):
     _require_ngspice()
     preset = F.calibrate(quick=True, presets_dir=tmp_path)
     assert preset == tmp_path / "felif.json"
-    payload = F.load_preset(preset)
+    from bruno import presets
+
+    payload = presets.load_felif_preset(preset).to_payload()
     assert payload["provenance"]["quick"] is True
     assert payload["provenance"]["netlist_sha256"] == spice.netlist_hash(F.NETLIST)
     assert payload["fit"]["n_evaluations"] >= 1

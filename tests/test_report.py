@@ -9,15 +9,35 @@ from pipelines import config as cfg
 from pipelines import report
 
 
-def _run(root: Path, name: str, seed: int, task: str, group: str, metrics: dict, **model):
-    raw = {"task": task, "group": group, "seeds": [seed], "model": model}
-    if task == "braille":
-        raw["model"].setdefault("output_neuron", "felif")
-        raw["model"].setdefault("neuron", "lif")
+def _run(
+    root: Path,
+    name: str,
+    seed: int,
+    task: str,
+    group: str,
+    metrics: dict,
+    output="felif",
+    sigma=0.0,
+    kind="spiking",
+    **model,
+):
+    """A finished run directory: a Braille LIF(150) -> ``output`` network, a JSB FeLIF(150) one,
+    or (``kind="lstm"``) the JSB LSTM reference."""
+    if kind == "lstm":
+        network = {"kind": "lstm"}
+    elif task == "braille":
+        network = {
+            "kind": "spiking",
+            "hidden": {"neuron": {"kind": "lif", "variability_sigma": sigma}},
+            "output": {"neuron": {"kind": output, "variability_sigma": sigma}},
+        }
+    else:
+        network = {"kind": "spiking", "hidden": {"neuron": {"kind": "felif"}}}
+    raw = {"task": task, "group": group, "seeds": [seed], "model": {**network, **model}}
     config = cfg.resolve(raw, name=name)
     run = root / f"{name}_s{seed}"
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps(config))
+    (run / "config.json").write_text(json.dumps(cfg.dump(config)))
     base = {"seed": seed, "train_time_s": 4.0, "epochs_run": 2, "peak_rss_mb": 500.0}
     (run / "metrics.json").write_text(json.dumps({**base, **metrics}))
     (run / "metrics.csv").write_text("epoch,train_loss,valid_nll_per_step\n1,10.0,9.5\n2,9.0,9.0\n")
@@ -34,7 +54,7 @@ def test_report_tables_and_figures(tmp_path):
         "braille",
         "braille",
         {"test_accuracy": 0.5},
-        output_neuron="lif",
+        output="lif",
     )
     _run(
         train_dir,
@@ -58,7 +78,8 @@ def test_report_tables_and_figures(tmp_path):
     text = (out / "report.md").read_text()
     assert "## braille" in text and "## jsb" in text
     assert (
-        "| braille_felif | LIF(150) -> FeLIF(27) | bruno, n=1000 | fp | 0 | 3 (0,1,2) "
+        "| braille_felif | LIF(150) -> FeLIF(27) | bruno, n=1000, implicit coarse gradient | fp "
+        "| 0 | 3 (0,1,2) "
         "| 85.0 ± 5.0 |" in text
     )
     assert "| jsb_lstm | LSTM(150) |" in text and "8.500" in text and "25.0" in text
@@ -82,10 +103,11 @@ def test_report_shows_stopped_runs(tmp_path):
         "algorithms",
         {"test_nll_per_step": 9.0, "test_frame_accuracy": 0.2},
     )
-    config = cfg.resolve({"task": "jsb", "group": "algorithms", "seeds": [0]}, name="jsb_bad")
+    raw = {"task": "jsb", "group": "algorithms", "model": {"kind": "lstm"}}
+    config = cfg.resolve(raw, name="jsb_bad")
     run = train_dir / "jsb_bad_s0"
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps(config))
+    (run / "config.json").write_text(json.dumps(cfg.dump(config)))
     reason = "non-finite gradient of synapses_in.weight at epoch 1 batch 1"
     (run / "failure.json").write_text(json.dumps({"seed": 0, "reason": reason}))
     assert report.main(["--train-dir", str(train_dir), "--out", str(out), "--no-figures"]) == 0
@@ -109,8 +131,8 @@ def test_braille_comparison_grid(tmp_path):
                 "braille",
                 "braille",
                 {"test_accuracy": accuracy},
-                output_neuron=output,
-                variability_sigma=sigma,
+                output=output,
+                sigma=sigma,
                 synapse={"precision": precision},
             )
     entries = report.summarise(report.load_runs(train_dir))["braille"]
@@ -122,3 +144,16 @@ def test_braille_comparison_grid(tmp_path):
     lif = next(line for line in lines if line.startswith("| LIF(150) -> LIF"))
     assert lif.endswith("| 55.0 ± 5.0 (n=3) | - |")
     assert report.matrix(entries[:1]) is None  # one row and one column: no grid
+
+
+def test_runs_of_an_older_config_format_are_skipped_with_a_reason(tmp_path, capsys):
+    train_dir = tmp_path / "train"
+    _run(train_dir, "new", 0, "braille", "braille", {"test_accuracy": 0.5})
+    old = train_dir / "old_s0"
+    old.mkdir()
+    old_config = {"task": "braille", "name": "old", "model": {"neuron": "lif", "hidden": 128}}
+    (old / "config.json").write_text(json.dumps(old_config))
+    (old / "metrics.json").write_text(json.dumps({"seed": 0, "test_accuracy": 0.9}))
+    runs = report.load_runs(train_dir)
+    assert [run["config"].name for run in runs] == ["new"]
+    assert "skipping" in capsys.readouterr().err

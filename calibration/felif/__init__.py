@@ -20,8 +20,6 @@ the signatures of every device module: :mod:`calibration`). Below: the public AP
 
 from calibration.felif.calibrate_stage import (  # noqa: F401
     calibrate,
-    load_preset,
-    preset_parameters,
 )
 from calibration.felif.common import (  # noqa: F401
     DT,
@@ -31,7 +29,6 @@ from calibration.felif.common import (  # noqa: F401
     NETLIST,
     PRESET,
     PRESET_NAME,
-    SCHEMA,
     TARGETS,
     FeLIFCalibrationError,
     PresetError,

@@ -4,8 +4,6 @@ preset (values, uncertainties, the lmfit result, provenance)."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -23,12 +21,9 @@ from calibration.felif.common import (
     DTYPE,
     FIT_FIELDS,
     NETLIST,
-    PRESET,
     PRESET_NAME,
-    SCHEMA,
     START_POINTS,
     FeLIFCalibrationError,
-    PresetError,
 )
 from calibration.felif.fit import (
     SIGMA_INTERVAL,
@@ -44,57 +39,6 @@ from calibration.felif.fit import (
 from calibration.felif.stimuli import training_stimuli
 from calibration.felif.traces import spice_runs
 from calibration.provenance import display_path, now_utc, versions
-
-# ---------------------------------------------------------------------------------------------
-# Presets
-# ---------------------------------------------------------------------------------------------
-
-
-def load_preset(path: str | Path = PRESET) -> dict[str, Any]:
-    """Read and check a FeLIF preset; every problem names the file and the field."""
-    from bruno import felif
-
-    path = Path(path)
-    if not path.exists():
-        raise PresetError(f"{path}: no FeLIF preset here; run `make calibrate` to create it")
-    try:
-        payload = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise PresetError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(payload, dict):
-        raise PresetError(f"{path}: expected a JSON object, got {type(payload).__name__}")
-    if payload.get("schema") != SCHEMA:
-        raise PresetError(f"{path}: 'schema' is {payload.get('schema')!r}, expected {SCHEMA!r}")
-    if payload.get("device") != "felif":
-        raise PresetError(f"{path}: 'device' is {payload.get('device')!r}, expected 'felif'")
-    parameters = payload.get("parameters")
-    if not isinstance(parameters, dict) or not parameters:
-        raise PresetError(f"{path}: 'parameters' must be a non-empty object of field: value")
-    fields = {f.name for f in dataclasses.fields(felif.FeLIFParameters)}
-    for name, value in parameters.items():
-        if name not in fields:
-            raise PresetError(
-                f"{path}: parameters.{name} is not a FeLIFParameters field "
-                f"(known: {sorted(fields)})"
-            )
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
-            raise PresetError(f"{path}: parameters.{name} = {value!r} is not a finite number")
-        signed = {"reset_voltage", "threshold_voltage"}
-        if name not in signed and value < 0:
-            raise PresetError(f"{path}: parameters.{name} = {value!r} must not be negative")
-    for section in ("provenance", "fit"):
-        if not isinstance(payload.get(section), dict):
-            raise PresetError(f"{path}: '{section}' section is missing")
-    return payload
-
-
-def preset_parameters(path: str | Path = PRESET) -> dict[str, float]:
-    return {k: float(v) for k, v in load_preset(path)["parameters"].items()}
-
 
 # ---------------------------------------------------------------------------------------------
 # Calibration
@@ -114,25 +58,19 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def _lmfit_dump(result) -> dict[str, Any]:
-    """The lmfit MinimizerResult in JSON: parameters (fit units), statistics, covariance."""
+def _lmfit_record(result) -> dict[str, Any]:
+    """The lmfit MinimizerResult, stored once: its ``Parameters.dumps()`` (values, standard errors
+    and correlations in fit units; bruno.presets reads it back with ``Parameters.loads``) and the
+    statistics the preset's other fit fields do not already hold."""
     return _finite_or_none(
         {
-            "params": json.loads(result.params.dumps()),
-            "var_names": list(result.var_names),
-            "init_values": dict(result.init_values),
-            "covar": None if result.covar is None else np.asarray(result.covar).tolist(),
-            "nfev": result.nfev,
-            "nvarys": result.nvarys,
-            "ndata": result.ndata,
+            "lmfit_params": result.params.dumps(),
+            "lmfit_var_names": list(result.var_names),
+            "lmfit_init_values": dict(result.init_values),
             "nfree": result.nfree,
-            "chisqr": result.chisqr,
-            "redchi": result.redchi,
             "aic": result.aic,
             "bic": result.bic,
-            "success": result.success,
             "errorbars": result.errorbars,
-            "message": result.message,
         }
     )
 
@@ -210,7 +148,7 @@ def calibrate(
     }
     if not np.isfinite(result.chisqr):
         raise FeLIFCalibrationError(f"felif fit failed: chi-square is {result.chisqr}")
-    fitted, uncertainties, correlations = fitted_si(result, problem)
+    fitted, _, _ = fitted_si(result, problem)  # errors: derived from the stored lmfit Parameters
     parameters = {**fixed, **fitted, "input_gain": 1.0}
     # fields neither fitted nor designed in the netlist keep bruno's defaults (written out, so
     # the preset is complete)
@@ -219,17 +157,13 @@ def calibrate(
     defaults = felif.FeLIFParameters()
     for f in dataclasses.fields(defaults):
         parameters.setdefault(f.name, float(getattr(defaults, f.name)))
-    payload = {
-        "schema": SCHEMA,
-        "device": "felif",
-        "parameters": parameters,
-        "uncertainties": uncertainties,
-        "correlations": correlations,
-        "variability": {  # the trainer's defaults (bruno.presets), recorded with the fit
-            "sigma": presets.DEFAULT_VARIABILITY_SIGMA,
-            "fields": list(presets.DEFAULT_VARIABILITY_FIELDS),
-        },
-        "fit": {
+    preset = presets.FeLIFPreset(
+        parameters=felif.FeLIFParameters(**parameters),
+        # SPEC §3's device-to-device spread (the calibration does not measure it): what the
+        # layers draw per neuron when an experiment asks for the preset's variability
+        variability_sigma=presets.DEFAULT_VARIABILITY_SIGMA,
+        variability_fields=presets.DEFAULT_VARIABILITY_FIELDS,
+        fit={
             "method": "lmfit leastsq (Levenberg-Marquardt), bounded Parameters, batched "
             "forward-difference Jacobian",
             "fitted": list(FIT_FIELDS),
@@ -268,13 +202,12 @@ def calibrate(
                 "trace_weight": TRACE_WEIGHT,
                 "trace_sample_s": TRACE_SAMPLE,
             },
-            "lmfit_result": _lmfit_dump(result),
-            "report": lmfit.fit_report(result),
+            **_lmfit_record(result),
             "dt_s": DT,
             "dtype": DTYPE,
             "wall_s": {"ngspice": spice_wall, "compact": problem.compact_wall},
         },
-        "provenance": {
+        provenance={
             "netlist": display_path(netlist),
             "netlist_sha256": spice.netlist_hash(netlist),
             "stimuli": [s.describe() for s in stimuli],
@@ -288,10 +221,8 @@ def calibrate(
             + (" --quick" if quick else "")
             + (f" --presets {presets_dir}" if presets_dir is not None else ""),
         },
-    }
-    from bruno.io import atomic_write_json
-
-    atomic_write_json(output, payload)
+    )
+    presets.write_preset(preset, output)
     _say(lmfit.fit_report(result))
     _say(f"felif calibrate: wrote {output}")
     return output

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from bruno.presets import PresetError  # noqa: F401  (the one preset error; re-exported)
 from calibration import (
     COMMITTED_PRESETS,
     CalibrationError,
@@ -15,7 +16,6 @@ from calibration import (
 NETLIST = spice.NETLIST_DIR / "felif.cir"
 PRESET_NAME = "felif.json"
 PRESET = COMMITTED_PRESETS / PRESET_NAME  # the committed preset of the shipped device
-SCHEMA = "bruno.felif-preset/1"
 
 DT = 1e-6  # s, the compact model's fine step (the trainer's)
 RECORD = 20e-6  # s, trace sampling for comparisons
@@ -106,7 +106,3 @@ class FeLIFCalibrationError(CalibrationError, RuntimeError):
 
 class StimulusRangeError(CalibrationError, ValueError):
     """A stimulus outside the calibrated working range of the compact model."""
-
-
-class PresetError(CalibrationError, ValueError):
-    """A FeLIF preset file that is missing, malformed or inconsistent."""

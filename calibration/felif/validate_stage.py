@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from bruno.io import atomic_save_figure
+from bruno.presets import load_felif_preset as load_preset
 from calibration import (
     presets_location,
     reports_location,
     spice,
 )
-from calibration.felif.calibrate_stage import _finite_or_none, _say, load_preset
+from calibration.felif.calibrate_stage import _finite_or_none, _say
 from calibration.felif.common import (
     DT,
     NETLIST,
@@ -55,8 +56,8 @@ def validate(
     ``<reports_dir>/felif.json`` and figures; True if within targets."""
     preset = presets_location(quick, presets_dir) / PRESET_NAME
     output_dir = reports_location(quick, reports_dir)
-    payload = load_preset(preset)
-    parameters = {k: float(v) for k, v in payload["parameters"].items()}
+    payload = load_preset(preset).to_payload()
+    parameters = payload["parameters"]
     main, extra = validation_stimuli(quick)
     training = {s.name for s in training_stimuli(False)} | {s.name for s in training_stimuli(True)}
     leaked = [s.name for s in main + extra if s.name in training]

@@ -32,7 +32,6 @@ The names below are the public API.
 from calibration.rram import cell  # noqa: F401,E402  (tests patch its run_jobs)
 from calibration.rram.calibrate_stage import (  # noqa: F401
     calibrate,
-    load_preset,
 )
 from calibration.rram.cell import (  # noqa: F401
     MAX_STEPS,
@@ -63,7 +62,6 @@ from calibration.rram.common import (  # noqa: F401
     PRESET_PATH,
     READ_NETLIST,
     READ_VOLTAGE,
-    SCHEMA,
     SEPARATION_SIGMAS,
     T_PULSE,
     TOL_LEVEL_REL_ERROR,

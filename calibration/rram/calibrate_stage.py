@@ -3,15 +3,13 @@ the preset."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from bruno.io import atomic_write_json
+from bruno import presets
 from calibration import (
     presets_location,
     spice,
@@ -29,10 +27,8 @@ from calibration.rram.common import (
     N_LEVELS,
     NETLIST,
     PRESET_NAME,
-    PRESET_PATH,
     READ_NETLIST,
     READ_VOLTAGE,
-    SCHEMA,
     T_PULSE,
     V_SET,
     RRAMError,
@@ -107,7 +103,7 @@ def calibrate(quick: bool = False, presets_dir: str | Path | None = None) -> Pat
     retries = sum(int(r.get("retries", 0)) for rows in raw for r in rows if r)
     deck_name = spice.NETLIST_DIR / NETLIST
     payload = {
-        "schema": SCHEMA,
+        "schema": f"{presets.RRAM_SCHEMA}/{presets.SUPPORTED_MAJOR}",
         "device": "rram",
         "read_voltage_V": READ_VOLTAGE,
         "levels": levels,
@@ -160,7 +156,7 @@ def calibrate(quick: bool = False, presets_dir: str | Path | None = None) -> Pat
     nominal_rows, _ = run_jobs([{"i_prog": i, "device": {}} for i in currents])
     for level, row in zip(levels, nominal_rows, strict=True):
         level["nominal_device_conductance_S"] = None if row is None else float(row["g_read_S"])
-    atomic_write_json(target, payload)
+    presets.write_preset(presets.rram_preset_from_payload(payload, target), target)
     print(
         f"rram calibrate: wrote {target} in {time.time() - started:.0f} s; levels (uS): "
         + ", ".join(f"{m * 1e6:.1f}" for m in means)
@@ -169,15 +165,3 @@ def calibrate(quick: bool = False, presets_dir: str | Path | None = None) -> Pat
         flush=True,
     )
     return target
-
-
-def load_preset(path: Path | None = None) -> dict[str, Any]:
-    path = Path(path) if path is not None else PRESET_PATH
-    if not path.exists():
-        raise RRAMError(
-            f"{path} does not exist; run `make calibrate` (or python -m calibration calibrate rram)"
-        )
-    payload = json.loads(path.read_text())
-    if payload.get("schema") != SCHEMA:
-        raise RRAMError(f"{path}: schema {payload.get('schema')!r} is not {SCHEMA!r}")
-    return payload

@@ -25,9 +25,6 @@ NETLIST = "rram.cir"
 READ_NETLIST = "rram_read.cir"
 
 
-SCHEMA = "bruno.rram-preset/1"
-
-
 #: JART VCM v1b nominal values of the parameters that vary from device to device (SI units, except
 #: N in 1e26 m^-3), and the variability bounds (Bengel et al. 2020).
 NOMINAL: dict[str, float] = {"r_fil": 45e-9, "l_disc": 0.4e-9, "ndiscmin": 0.008, "ndiscmax": 20.0}

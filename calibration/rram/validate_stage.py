@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 
 from bruno.io import atomic_save_figure, atomic_write_json
+from bruno.presets import load_rram_preset as load_preset
 from calibration import (
     presets_location,
     reports_location,
 )
 from calibration.provenance import display_path
-from calibration.rram.calibrate_stage import load_preset
 from calibration.rram.cell import _report_failures, monte_carlo, sweep
 from calibration.rram.common import (
     HELD_OUT_CURRENTS,
@@ -43,7 +43,7 @@ def validate(
     started = time.time()
     preset_path = presets_location(quick, presets_dir) / PRESET_NAME
     output_dir = reports_location(quick, reports_dir)
-    preset = load_preset(preset_path)
+    preset = load_preset(preset_path).to_payload()
     law_fn = law_from_payload(preset["conductance_law"])
     fitted = set(round(i, 12) for i in preset["conductance_law"]["fit_currents_A"])
     held_out = [i for i in HELD_OUT_CURRENTS if round(i, 12) not in fitted]

@@ -1,18 +1,32 @@
-"""Calibrated device presets: one loader per device (committed preset, a user file, or defaults).
+"""Calibrated device presets: the one module that owns their schema, validation, write and read.
 
-Schemas (written by ``calibration``; the major version must match, minor additions are accepted):
+Calibration (:mod:`calibration`) builds a :class:`FeLIFPreset` / :class:`RRAMPreset` and writes it
+with :func:`write_preset`; the trainer's layers read it with :func:`load_felif_preset` /
+:func:`load_rram_preset`. ``to_payload`` and the loaders are symmetric: what is written reads back
+to an equal object (a test pins this).
 
-* ``bruno.felif-preset/1``: ``{"schema", "device": "felif", "parameters": {<FeLIFParameters field>:
-  float, ... (a subset; the rest keep their defaults)}, "uncertainties", "variability": {"sigma",
-  "fields"}, "fit", "provenance"}``
-* ``bruno.rram-preset/1``: ``{"schema", "device": "rram", "read_voltage_V", "levels": [{
-  "programming_current_A", "conductance_mean_S", "conductance_std_S", "conductance_samples_S"}, x8,
-  strictly increasing means], "cycle_to_cycle_read_noise_rel", "conductance_law", "provenance"}``
+Schemas (the major version must match; minor additions are accepted)::
 
-``path=None`` means ``$BRUNO_PRESETS_DIR/<device>.json`` (an error when missing there) or else the
-committed preset ``calibration/presets/<device>.json`` when it exists, else the defaults: SPEC §3
-for FeLIF, and :data:`FALLBACK_RRAM_LEVELS_S` for RRAM (clearly marked ``provenance.source =
-"fallback"``) so that everything runs before calibration."""
+    bruno.felif-preset/1  {"schema", "device": "felif",
+                           "parameters": {<FeLIFParameters field>: float, ...},
+                           "variability": {"sigma", "fields"},   # what the layers draw per neuron
+                           "fit": {...},         # optional: the lmfit record (below)
+                           "provenance": {...}}
+    bruno.rram-preset/1   {"schema", "device": "rram", "read_voltage_V",
+                           "levels": [{"programming_current_A", "conductance_mean_S",
+                                       "conductance_std_S", "conductance_samples_S"}, ...],
+                           "cycle_to_cycle_read_noise_rel", "conductance_law", "provenance"}
+
+The FeLIF fit is stored once: ``fit.lmfit_params`` is lmfit's ``Parameters.dumps()`` (values,
+standard errors and correlations in fit units, read back with ``Parameters.loads``) and
+``fit.variables`` maps each FeLIF field to its lmfit name and unit; :attr:`FeLIFPreset.
+uncertainties` and :attr:`FeLIFPreset.correlations` are derived from them.
+
+Where presets live (:func:`presets_dir`): ``$BRUNO_PRESETS_DIR`` when set (a preset missing there
+is an error), else this package's directory, which holds the calibrated presets of the shipped
+device (package data, written by ``make calibrate``). Without a preset file the defaults apply:
+SPEC §3 for FeLIF and :data:`FALLBACK_RRAM_LEVELS_S` for RRAM (``source = "fallback"``), so that
+everything runs before calibration."""
 
 from __future__ import annotations
 
@@ -44,19 +58,21 @@ DEFAULT_VARIABILITY_SIGMA = 0.1
 # Uncalibrated stand-in for the eight 3-bit RRAM levels (S): read at 0.2 V, programming currents
 # 50–400 µA, conductance roughly proportional to the compliance current (the usual filamentary
 # behaviour), 5 % relative device-to-device spread, 2 % read noise. Replaced by
-# calibration/presets/rram.json once `make calibrate` has run.
+# bruno/presets/rram.json once `make calibrate` has run.
 FALLBACK_RRAM_CURRENTS_A = tuple(50e-6 * (k + 1) for k in range(8))
 FALLBACK_RRAM_LEVELS_S = tuple(20e-6 * (k + 1) for k in range(8))
 FALLBACK_RRAM_REL_STD = 0.05
 FALLBACK_RRAM_READ_NOISE = 0.02
 
 
+#: The calibrated presets of the shipped device: this package's data.
+COMMITTED_DIR = Path(__file__).resolve().parent
+
+
 def presets_dir() -> Path:
-    """``$BRUNO_PRESETS_DIR`` or the repository's ``calibration/presets``."""
+    """``$BRUNO_PRESETS_DIR`` or :data:`COMMITTED_DIR` (module docstring)."""
     override = os.environ.get("BRUNO_PRESETS_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[1] / "calibration" / "presets"
+    return Path(override) if override else COMMITTED_DIR
 
 
 class PresetError(ValueError):
@@ -78,7 +94,10 @@ def _read(path: Path, schema: str, device: str) -> dict[str, Any]:
     try:
         payload = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise PresetError(f"{path}: no such preset file") from None
+        raise PresetError(
+            f"{path}: no such preset file; create it with `make calibrate` "
+            "(python -m calibration calibrate <device> --presets DIR)"
+        ) from None
     except (OSError, ValueError) as error:
         raise PresetError(f"{path}: not readable JSON ({error})") from None
     if not isinstance(payload, dict):
@@ -105,6 +124,15 @@ def _read(path: Path, schema: str, device: str) -> dict[str, Any]:
     return payload
 
 
+def _section(path: Path, payload: dict, name: str, required: bool = False) -> dict:
+    if required and name not in payload:
+        raise PresetError(f"{path}: the '{name}' section is missing (where the preset came from)")
+    value = payload.get(name, {})
+    if not isinstance(value, dict):
+        raise PresetError(f"{path}: '{name}' must be an object")
+    return dict(value)
+
+
 def _finite(path: Path, name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise PresetError(f"{path}: {name} must be a finite number, got {value!r}")
@@ -113,14 +141,69 @@ def _finite(path: Path, name: str, value: Any) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class FeLIFPreset:
-    """A FeLIF preset: parameters plus the variability and provenance that came with it."""
+    """A FeLIF preset: compact-model parameters, the device-to-device variability the layers draw
+    (``variability_sigma`` over ``variability_fields``), the fit record and provenance."""
 
     parameters: FeLIFParameters
     variability_sigma: float = DEFAULT_VARIABILITY_SIGMA
     variability_fields: tuple[str, ...] = DEFAULT_VARIABILITY_FIELDS
-    source: str = "defaults"
-    uncertainties: dict = dataclasses.field(default_factory=dict)
+    fit: dict = dataclasses.field(default_factory=dict)
     provenance: dict = dataclasses.field(default_factory=dict)
+    source: str = "defaults"
+
+    def _fit_parameters(self):
+        """The fit's lmfit ``Parameters`` (fit units), or None without a fit record."""
+        dumped = self.fit.get("lmfit_params")
+        if not dumped:
+            return None
+        import lmfit
+
+        return lmfit.Parameters().loads(dumped)
+
+    @property
+    def uncertainties(self) -> dict[str, float | None]:
+        """1-sigma standard errors of the fitted fields (SI), from the fit's lmfit Parameters."""
+        params = self._fit_parameters()
+        out: dict[str, float | None] = {}
+        for field, var in (self.fit.get("variables") or {}).items():
+            par = None if params is None else params.get(var["lmfit_name"])
+            if par is None or par.stderr is None or not math.isfinite(par.stderr):
+                out[field] = None
+            elif var.get("log10"):  # d(10^x) = 10^x ln(10) dx
+                out[field] = float(10.0**par.value * math.log(10.0) * par.stderr)
+            else:
+                out[field] = float(par.stderr * var["unit_SI"])
+        return out
+
+    @property
+    def correlations(self) -> dict[str, dict[str, float]]:
+        """Correlation coefficients between fitted fields (lmfit's, by FeLIF field name)."""
+        params = self._fit_parameters()
+        variables = self.fit.get("variables") or {}
+        field_of = {var["lmfit_name"]: field for field, var in variables.items()}
+        out = {}
+        for field, var in variables.items():
+            par = None if params is None else params.get(var["lmfit_name"])
+            correl = (par.correl or {}) if par is not None else {}
+            out[field] = {field_of[k]: float(v) for k, v in correl.items() if k in field_of}
+        return out
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON document of this preset (:func:`load_felif_preset` reads it back)."""
+        return {
+            "schema": f"{FELIF_SCHEMA}/{SUPPORTED_MAJOR}",
+            "device": "felif",
+            "parameters": {
+                name: float(getattr(self.parameters, name))
+                for name in self.parameters.field_names()
+            },
+            "variability": {
+                "sigma": self.variability_sigma,
+                "fields": list(self.variability_fields),
+            },
+            "fit": self.fit,
+            "provenance": self.provenance,
+        }
 
 
 def validate_felif_parameters(p: FeLIFParameters, where: str = "FeLIF parameters") -> None:
@@ -161,10 +244,14 @@ def load_felif_preset(path: str | Path | None = None) -> FeLIFPreset:
             _require_if_chosen(path)
             return FeLIFPreset(parameters=FeLIFParameters())
     path = Path(path)
-    payload = _read(path, FELIF_SCHEMA, "felif")
-    values = payload.get("parameters", {})
-    if not isinstance(values, dict):
-        raise PresetError(f"{path}: 'parameters' must be an object")
+    return felif_preset_from_payload(_read(path, FELIF_SCHEMA, "felif"), path)
+
+
+def felif_preset_from_payload(payload: dict[str, Any], path: Path) -> FeLIFPreset:
+    """Check a felif preset document (``path`` names it in errors) and build the preset."""
+    values = payload.get("parameters")
+    if not isinstance(values, dict) or not values:
+        raise PresetError(f"{path}: 'parameters' must be a non-empty object of field: value")
     known = set(FeLIFParameters().field_names())
     unknown = sorted(set(values) - known)
     if unknown:
@@ -186,9 +273,9 @@ def load_felif_preset(path: str | Path | None = None) -> FeLIFPreset:
         parameters=parameters,
         variability_sigma=sigma,
         variability_fields=fields,
+        fit=_section(path, payload, "fit"),
+        provenance=_section(path, payload, "provenance", required=True),
         source=str(path),
-        uncertainties=dict(payload.get("uncertainties") or {}),
-        provenance=dict(payload.get("provenance") or {}),
     )
 
 
@@ -199,21 +286,31 @@ def load_felif_parameters(path: str | Path | None = None) -> FeLIFParameters:
 
 @dataclasses.dataclass(frozen=True)
 class RRAMLevel:
+    """One programmable conductance state; ``details`` keeps the calibration's per-level record."""
+
     programming_current_A: float
     conductance_mean_S: float
     conductance_std_S: float
     conductance_samples_S: tuple[float, ...] = ()
+    details: dict = dataclasses.field(default_factory=dict)
+
+
+_LEVEL_KEYS = ("programming_current_A", "conductance_mean_S", "conductance_std_S")
+_RRAM_KEYS = ("schema", "device", "levels", "read_voltage_V", "cycle_to_cycle_read_noise_rel")
+_RRAM_KEYS += ("conductance_law", "provenance")
 
 
 @dataclasses.dataclass(frozen=True)
 class RRAMPreset:
-    """Eight (3-bit) programmable conductance levels of the RRAM synapse and its read noise."""
+    """Eight (3-bit) programmable conductance levels of the RRAM synapse and its read noise.
+    ``record`` keeps the calibration's other sections (sweep, Monte-Carlo, programming)."""
 
     levels: tuple[RRAMLevel, ...]
     read_voltage_V: float = 0.2
     cycle_to_cycle_read_noise_rel: float = FALLBACK_RRAM_READ_NOISE
     conductance_law: dict = dataclasses.field(default_factory=dict)
     provenance: dict = dataclasses.field(default_factory=dict)
+    record: dict = dataclasses.field(default_factory=dict)
     source: str = "fallback"
 
     @property
@@ -223,6 +320,29 @@ class RRAMPreset:
     @property
     def stds(self) -> tuple[float, ...]:
         return tuple(level.conductance_std_S for level in self.levels)
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON document of this preset (:func:`load_rram_preset` reads it back)."""
+        levels = [
+            {
+                **level.details,
+                "programming_current_A": level.programming_current_A,
+                "conductance_mean_S": level.conductance_mean_S,
+                "conductance_std_S": level.conductance_std_S,
+                "conductance_samples_S": list(level.conductance_samples_S),
+            }
+            for level in self.levels
+        ]
+        return {
+            "schema": f"{RRAM_SCHEMA}/{SUPPORTED_MAJOR}",
+            "device": "rram",
+            "read_voltage_V": self.read_voltage_V,
+            "levels": levels,
+            "cycle_to_cycle_read_noise_rel": self.cycle_to_cycle_read_noise_rel,
+            "conductance_law": self.conductance_law,
+            **self.record,
+            "provenance": self.provenance,
+        }
 
 
 def fallback_rram_preset() -> RRAMPreset:
@@ -244,7 +364,11 @@ def load_rram_preset(path: str | Path | None = None) -> RRAMPreset:
             _require_if_chosen(path)
             return fallback_rram_preset()
     path = Path(path)
-    payload = _read(path, RRAM_SCHEMA, "rram")
+    return rram_preset_from_payload(_read(path, RRAM_SCHEMA, "rram"), path)
+
+
+def rram_preset_from_payload(payload: dict[str, Any], path: Path) -> RRAMPreset:
+    """Check a rram preset document (``path`` names it in errors) and build the preset."""
     raw_levels = payload.get("levels")
     if not isinstance(raw_levels, list) or len(raw_levels) < 2:
         raise PresetError(f"{path}: 'levels' must be a list of at least 2 levels (3-bit: 8)")
@@ -268,7 +392,9 @@ def load_rram_preset(path: str | Path | None = None) -> RRAMPreset:
         )
         if mean <= 0 or std < 0 or any(s <= 0 for s in samples):
             raise PresetError(f"{path}: levels[{k}] needs a positive mean/samples and std >= 0")
-        levels.append(RRAMLevel(current, mean, std, samples))
+        details = {k: v for k, v in level.items() if k not in _LEVEL_KEYS}
+        details.pop("conductance_samples_S", None)
+        levels.append(RRAMLevel(current, mean, std, samples, details))
     means = [level.conductance_mean_S for level in levels]
     if any(b <= a for a, b in zip(means, means[1:], strict=False)):
         raise PresetError(f"{path}: level means must be strictly increasing, got {means}")
@@ -281,7 +407,22 @@ def load_rram_preset(path: str | Path | None = None) -> RRAMPreset:
         levels=tuple(levels),
         read_voltage_V=_finite(path, "read_voltage_V", payload.get("read_voltage_V", 0.2)),
         cycle_to_cycle_read_noise_rel=noise,
-        conductance_law=dict(payload.get("conductance_law") or {}),
-        provenance=dict(payload.get("provenance") or {}),
+        conductance_law=_section(path, payload, "conductance_law"),
+        provenance=_section(path, payload, "provenance", required=True),
+        record={k: v for k, v in payload.items() if k not in _RRAM_KEYS},
         source=str(path),
     )
+
+
+def write_preset(preset: FeLIFPreset | RRAMPreset, path: str | Path) -> Path:
+    """Write ``preset`` to ``path`` atomically, after checking that it reads back (a preset that
+    the loaders would refuse is never written)."""
+    from bruno.io import atomic_write_json
+
+    path = Path(path)
+    payload = preset.to_payload()
+    parse = (
+        felif_preset_from_payload if isinstance(preset, FeLIFPreset) else rram_preset_from_payload
+    )
+    parse(json.loads(json.dumps(payload)), path)
+    return atomic_write_json(path, payload)

@@ -1,4 +1,4 @@
-"""FeLIF presets and the `python -m bruno simulate` command line."""
+"""The `python -m bruno simulate` command line."""
 
 from __future__ import annotations
 
@@ -10,83 +10,9 @@ from pathlib import Path
 import pytest
 
 from bruno import __main__ as cli
-from bruno import presets
-from bruno.felif import FeLIFParameters
+from tests.test_presets import _felif_payload
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _felif_payload(**changes):
-    payload = {
-        "schema": "bruno.felif-preset/1",
-        "device": "felif",
-        "parameters": {"activation_field": 1.3e9, "parasitic_capacitance": 20e-15},
-        "uncertainties": {"activation_field": 1e7},
-        "variability": {"sigma": 0.08, "fields": ["area", "activation_field"]},
-        "fit": {"nrmse": 0.01},
-        "provenance": {"netlist_sha256": "abc"},
-    }
-    payload.update(changes)
-    return payload
-
-
-def test_felif_preset_subset_and_defaults(tmp_path):
-    path = tmp_path / "felif.json"
-    path.write_text(json.dumps(_felif_payload()))
-    preset = presets.load_felif_preset(path)
-    assert preset.parameters.activation_field == 1.3e9
-    assert preset.parameters.saturation_polarization == FeLIFParameters().saturation_polarization
-    assert preset.variability_sigma == 0.08 and preset.variability_fields == (
-        "area",
-        "activation_field",
-    )
-    assert presets.load_felif_parameters(path) == preset.parameters
-
-
-def test_default_loader_without_committed_preset(tmp_path, monkeypatch):
-    monkeypatch.delenv("BRUNO_PRESETS_DIR", raising=False)
-    monkeypatch.setattr(presets, "presets_dir", lambda: tmp_path)
-    assert presets.load_felif_parameters() == FeLIFParameters()
-    assert presets.load_rram_preset().provenance["source"] == "fallback"
-
-
-def test_chosen_presets_dir_is_used_and_must_hold_the_preset(tmp_path, monkeypatch):
-    monkeypatch.setenv("BRUNO_PRESETS_DIR", str(tmp_path))
-    # a directory the user chose and that lacks a preset is an error, not a silent fallback
-    with pytest.raises(presets.PresetError, match="calibrate felif --presets"):
-        presets.load_felif_parameters()
-    with pytest.raises(presets.PresetError, match="calibrate rram --presets"):
-        presets.load_rram_preset()
-    (tmp_path / "felif.json").write_text(json.dumps(_felif_payload()))
-    assert presets.load_felif_parameters().activation_field == 1.3e9
-
-
-@pytest.mark.parametrize(
-    "changes, message",
-    [
-        ({"schema": "bruno.felif-preset/2"}, "version 2 is not supported"),
-        ({"schema": "felif"}, "malformed 'schema'"),
-        ({"device": "rram"}, "device is 'rram'"),
-        ({"parameters": {"bogus": 1.0}}, "unknown FeLIF parameter"),
-        ({"parameters": {"area": "big"}}, "finite number"),
-        ({"parameters": {"area": -1.0}}, "area must be > 0"),
-        ({"variability": {"sigma": 0.1, "fields": ["nope"]}}, "unknown name"),
-    ],
-)
-def test_felif_preset_errors(tmp_path, changes, message):
-    path = tmp_path / "felif.json"
-    path.write_text(json.dumps(_felif_payload(**changes)))
-    with pytest.raises(presets.PresetError, match=message):
-        presets.load_felif_preset(path)
-
-
-def test_felif_preset_nan_and_missing(tmp_path):
-    path = tmp_path / "felif.json"
-    path.write_text(json.dumps(_felif_payload()).replace("1300000000.0", "NaN"))
-    with pytest.raises(presets.PresetError, match="finite"):
-        presets.load_felif_preset(path)
-    with pytest.raises(presets.PresetError, match="no such preset"):
-        presets.load_felif_preset(tmp_path / "absent.json")
 
 
 def _simulate(capsys, *argv) -> tuple[int, dict | str]:
