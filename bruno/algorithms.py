@@ -9,7 +9,8 @@ reset (the layer does those, identically for all algorithms):
                 ``coarse_dt`` with autograd, joined by :func:`combine`
                 (``x_c + stopgrad(x_f - x_c)``): the values are the fine values exactly, the
                 gradients those of the single coarse step. Only per-coarse-step tensors are saved.
-                ``coarse_gradient`` picks the coarse step (:data:`COARSE_STEPS`):
+                ``coarse_gradient`` picks the backward (:data:`COARSE_GRADIENTS`): a coarse step
+                (:data:`COARSE_STEPS`) or the fine path's own Jacobian:
                 ``"implicit"`` (default) :func:`implicit_coarse_step`, the gradient of a linearly
                 implicit Euler step, Jacobian ``(1 - dt J)^-1`` given analytically (J by autograd
                 of bruno.felif.derivatives);
@@ -21,7 +22,16 @@ reset (the layer does those, identically for all algorithms):
                 still explode through time (~1e17 x BPTT's on the test network, cosine ~0 with
                 BPTT); the implicit one is bounded (det(1 - dt J) >= 1) and has cosine ~0.85 with
                 BPTT's exact gradient there. With ``fine_steps = 1``, ``"euler"`` reproduces
-                BPTT's gradients exactly (a required identity, tested).
+                BPTT's gradients exactly (a required identity, tested);
+                ``"exact"`` :func:`exact_step`, no coarse step: the fine path propagates, in
+                forward mode, the tangents of its end state with respect to (v_k, P_k, I) through
+                every fine step (:func:`bruno.kernels.integrate_with_jacobian`: 6 numbers per
+                neuron, nothing per fine step), and the backward applies that exact Jacobian
+                (:class:`_FineJacobian`). Its gradients equal ``bptt``'s (float64, torch fine
+                path: to ~1e-14 relative, tested) at BRUNO's memory; the fine path costs ~2x the
+                values-only one (scripts/bench_exact_gradient.py). Where the 1 us fine step
+                itself oscillates in the switching window (inputs of ~30-300 nA), that exact
+                gradient is ill-conditioned (up to ~1e27), as BPTT's is.
 ``bptt``        autograd through every fine step (:func:`bruno.felif.hold_step`).
 ``checkpoint``  the same graph as ``bptt`` per coarse step, recomputed in backward
                 (``torch.utils.checkpoint``, reentrant: the forward keeps no per-fine-step
@@ -56,7 +66,7 @@ class CoarseStepContext:
     coarse_dt: float
     fine_backend: str = "auto"  # bruno.kernels.BACKENDS: "auto", "native" or "torch"
     coefficients: torch.Tensor | None = None  # packed kernel coefficients (cache), optional
-    coarse_gradient: str = "implicit"  # bruno's backward: "implicit" or "euler" (see module doc)
+    coarse_gradient: str = "implicit"  # bruno's backward: COARSE_GRADIENTS (see module doc)
 
     @property
     def fine_dt(self) -> float:
@@ -146,10 +156,60 @@ def implicit_coarse_step(
     return FeLIFState(*_LinearlyImplicitJacobian.apply(state.v, state.polarization, current, p, dt))
 
 
-#: The coarse steps whose gradient BRUNO can use (``coarse_gradient``; module docstring).
+class _FineJacobian(torch.autograd.Function):
+    """The fine path's end state in value; backward through its exact Jacobian.
+
+    ``forward(v0, P0, I, v, P, jacobian)`` returns copies of the fine values ``(v, P)``; backward
+    applies the transposed per-neuron Jacobian ``jacobian`` ((2, 3, ...) from
+    :func:`bruno.kernels.integrate_with_jacobian`) to the incoming gradient:
+    ``grad_(v0, P0, I) = jacobian^T (grad_v, grad_P)``, the current's entry summed to its shape
+    (a broadcast current gets the sum over the neurons it drives). Only the Jacobian is saved.
+    """
+
+    @staticmethod
+    def forward(ctx, v0, pol0, current, fine_v, fine_pol, jacobian):
+        ctx.save_for_backward(jacobian)
+        ctx.current_shape = current.shape
+        return fine_v.clone(), fine_pol.clone()
+
+    @staticmethod
+    def backward(ctx, grad_v, grad_p):
+        (jacobian,) = ctx.saved_tensors
+        grad = jacobian[0] * grad_v + jacobian[1] * grad_p  # (3, ...): v0, P0, I
+        grad_i = grad[2]
+        if grad_i.shape != ctx.current_shape:
+            grad_i = grad_i.sum_to_size(ctx.current_shape)
+        return grad[0], grad[1], grad_i, None, None, None
+
+
+def exact_step(
+    state: FeLIFState, current: torch.Tensor, p: FeLIFParameters, ctx: CoarseStepContext
+) -> FeLIFState:
+    """BRUNO with ``coarse_gradient="exact"``: the fine path with its Jacobian propagated in
+    forward mode (:func:`bruno.kernels.integrate_with_jacobian`, 6 numbers per neuron, nothing per
+    fine step), its values with that Jacobian's gradient (:class:`_FineJacobian`): the gradient
+    ``bptt`` computes through every fine step, at BRUNO's memory."""
+    fine, _, jacobian = kernels.integrate_with_jacobian(
+        state,
+        current,
+        p,
+        ctx.fine_dt,
+        ctx.fine_steps,
+        backend=ctx.fine_backend,
+        coefficients=ctx.coefficients,
+    )
+    v, pol = _FineJacobian.apply(
+        state.v, state.polarization, current, fine.v, fine.polarization, jacobian
+    )
+    return FeLIFState(v, pol)
+
+
+#: The coarse steps whose gradient BRUNO can join to the fine values with :func:`combine`.
 COARSE_STEPS: dict[str, Callable[[FeLIFState, torch.Tensor, FeLIFParameters, float], FeLIFState]]
 COARSE_STEPS = {"implicit": implicit_coarse_step, "euler": euler_step}
-COARSE_GRADIENTS = tuple(COARSE_STEPS)
+EXACT = "exact"  # the fine path's own Jacobian (exact_step), not a coarse step
+#: BRUNO's backward choices (``coarse_gradient``; module docstring).
+COARSE_GRADIENTS = (*COARSE_STEPS, EXACT)
 
 
 def combine(fine: FeLIFState, coarse: FeLIFState) -> FeLIFState:
@@ -166,12 +226,15 @@ def bruno_step(
     state: FeLIFState, current: torch.Tensor, p: FeLIFParameters, ctx: CoarseStepContext
 ) -> FeLIFState:
     """One BRUNO coarse step from ``(v_k, P_k)``: the fine path (``fine_steps`` steps of
-    ``coarse_dt / fine_steps``, no autograd), one coarse step of ``coarse_dt`` with autograd
-    (``COARSE_STEPS[coarse_gradient]``), and :func:`combine`. Memory per coarse step is that of
-    one coarse step, whatever ``fine_steps``."""
-    fine = _fine_values(state, current, p, ctx)
+    ``coarse_dt / fine_steps``, no autograd) and, where a gradient is needed, either one coarse
+    step of ``coarse_dt`` with autograd (``COARSE_STEPS[coarse_gradient]``) joined by
+    :func:`combine`, or (``"exact"``) the fine path's own Jacobian (:func:`exact_step`). Memory
+    per coarse step is that of one coarse step, whatever ``fine_steps``."""
     if not _needs_grad(state.v, state.polarization, current):
-        return fine
+        return _fine_values(state, current, p, ctx)
+    if ctx.coarse_gradient == EXACT:
+        return exact_step(state, current, p, ctx)
+    fine = _fine_values(state, current, p, ctx)
     coarse = COARSE_STEPS[ctx.coarse_gradient](state, current, p, ctx.coarse_dt)
     return combine(fine, coarse)
 

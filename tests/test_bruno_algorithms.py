@@ -74,7 +74,7 @@ def test_forward_values_identical_across_algorithms():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("coarse_gradient", ["implicit", "euler"])
+@pytest.mark.parametrize("coarse_gradient", algorithms.COARSE_GRADIENTS)
 def test_forward_values_identical_with_signed_drive(dtype, coarse_gradient):
     """Strongly negative drive holds v at the -5 V clip, where a coarse step of 1 ms overflows:
     BRUNO's values must still be the fine path's, bit for bit, with either coarse gradient."""
@@ -245,25 +245,128 @@ def test_implicit_jacobian_against_autograd():
     torch.testing.assert_close(small[2], i.grad, rtol=1e-3, atol=0)
 
 
-def test_bruno_keeps_only_per_coarse_step_graph():
-    """BRUNO's autograd graph does not grow with the number of fine steps."""
+# ---------------------------------------------------------------------------------------------
+# coarse_gradient="exact": the fine path's own Jacobian, forward mode, must equal BPTT's gradient
+# ---------------------------------------------------------------------------------------------
 
-    def saved_count(algorithm, fine_steps):
-        count = 0
+EXACT_RTOL = 1e-9  # achieved: ~3e-14 (float64, torch fine path; see the tests)
+
+
+def _signed_current_grid(points: int = 25) -> torch.Tensor:
+    """Currents -1 uA .. +1 uA, log-spaced in magnitude from 1 pA, both signs and 0."""
+    magnitudes = torch.logspace(-12, -6, points, dtype=torch.float64)
+    return torch.cat([-magnitudes.flip(0), torch.zeros(1, dtype=torch.float64), magnitudes])
+
+
+def _coarse_steps_gradient(algorithm, coarse_gradient, backend="torch", dtype=torch.float64):
+    """bruno_step/bptt_step over 4 coarse steps of 0.3 ms (300 fine steps of 1 us) with the layer's
+    spike test and reset in between, from rest (batch row 0) and from the reset state (row 1),
+    for the current grid (scaled by 1 + 0.1 k in step k); the loss weights v and P of every step.
+    Returns (gradient w.r.t. the currents [K, 2, n], v [K, 2, n], fired [K, 2, n])."""
+    p = FeLIFParameters()
+    grid = _signed_current_grid()
+    k_steps = 4
+    scale = 1 + 0.1 * torch.arange(k_steps, dtype=torch.float64)
+    currents = (scale[:, None, None] * grid.expand(2, -1)).to(dtype).requires_grad_(True)
+    ctx = algorithms.CoarseStepContext(300, 3e-4, backend, None, coarse_gradient)
+    rest = felif.initial_state((2, grid.numel()), p, dtype=dtype)
+    fired = torch.zeros_like(rest.v, dtype=torch.bool)
+    fired[1] = True
+    state = felif.reset(rest, fired, p)  # row 1 starts from the reset state
+    weights = torch.linspace(0.5, 1.5, grid.numel(), dtype=dtype)
+    loss, vs, spikes = 0.0, [], []
+    for k in range(k_steps):
+        new = algorithms.get(algorithm)(state, currents[k], p, ctx)
+        loss = loss + (weights * new.v).sum() + 30 * (weights * new.polarization).sum()
+        fired = felif.crossed(new.v, p)
+        vs.append(new.v.detach())
+        spikes.append(fired)
+        state = felif.reset(new, fired, p)
+    loss.backward()
+    return currents.grad, torch.stack(vs), torch.stack(spikes)
+
+
+@functools.cache
+def _cached_coarse_steps_gradient(algorithm, coarse_gradient, backend="torch"):
+    return _coarse_steps_gradient(algorithm, coarse_gradient, backend)
+
+
+def test_exact_coarse_gradient_equals_bptt():
+    """Exact (forward-mode tangents through every fine step) == BPTT, float64, torch fine path:
+    -1 uA .. +1 uA, from rest and reset, with spikes mid-step, resets and both +-5 V clips, and in
+    the ~100 nA band where the 1 us step oscillates and BPTT's gradient reaches ~1e27 (there the
+    two agree too: they differentiate the same values, only in another order)."""
+    bptt_grad, bptt_v, spikes = _cached_coarse_steps_gradient("bptt", "implicit")
+    exact_grad, exact_v, _ = _cached_coarse_steps_gradient("bruno", "exact")
+    assert torch.equal(exact_v, bptt_v)  # values: the fine path's, bit for bit
+    # the case covers what it claims
+    assert (
+        spikes.any(-1).all() and (bptt_v == -felif.V_CLIP).any() and (bptt_v == felif.V_CLIP).any()
+    )
+    assert bptt_grad.abs().max() > 1e20 and (bptt_grad == 0).any()
+    torch.testing.assert_close(exact_grad, bptt_grad, rtol=EXACT_RTOL, atol=0)
+    # the tolerance discriminates: the implicit coarse gradient is far from it
+    implicit_grad, implicit_v, _ = _cached_coarse_steps_gradient("bruno", "implicit")
+    assert torch.equal(implicit_v, bptt_v)
+    assert not torch.allclose(implicit_grad, bptt_grad, rtol=1e-2, atol=0)
+
+
+def test_exact_coarse_gradient_native_matches_torch():
+    """The kernel's tangent variant (float64) gives the torch reference's gradient, except in the
+    ~30-300 nA band, where the oscillating fine path amplifies rounding: there native and torch
+    *values* already differ (by up to ~30 mV after a coarse step)."""
+    torch_grad, torch_v, _ = _cached_coarse_steps_gradient("bruno", "exact")
+    native_grad, native_v, _ = _cached_coarse_steps_gradient("bruno", "exact", "native")
+    grid = _signed_current_grid()
+    stable = (grid.abs() <= 2e-8) | (grid.abs() >= 4e-7)
+    torch.testing.assert_close(native_v[..., stable], torch_v[..., stable], rtol=0, atol=1e-9)
+    torch.testing.assert_close(native_grad[..., stable], torch_grad[..., stable], rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_exact_layer_weight_gradients_equal_bptt(signed):
+    """Linear -> FeLIFLayer (spike surrogate, reset, 12 coarse steps): the upstream weights'
+    gradient with coarse_gradient="exact" equals BPTT's (float64 torch: ~4e-15; native float64:
+    ~4e-14; native float32 within ~2e-5 of float64 BPTT, as close as float32 BPTT itself)."""
+    bptt = _run("bptt", signed=signed)
+    exact = _run("bruno", signed=signed, coarse_gradient="exact", fine_backend="torch")
+    for got, expected in zip(exact[:3], bptt[:3], strict=True):
+        assert torch.equal(got, expected)
+    torch.testing.assert_close(exact[3], bptt[3], rtol=EXACT_RTOL, atol=0)
+    native = _run("bruno", signed=signed, coarse_gradient="exact", fine_backend="native")
+    torch.testing.assert_close(native[3], bptt[3], rtol=EXACT_RTOL, atol=0)
+    single = _run("bruno", dtype=torch.float32, signed=signed, coarse_gradient="exact")
+    assert torch.equal(single[0].double(), bptt[0])
+    assert (single[3].double() - bptt[3]).norm() < 1e-4 * bptt[3].norm()
+    implicit = _run("bruno", signed=signed)
+    assert (implicit[3] - bptt[3]).norm() > 1e-2 * bptt[3].norm()
+
+
+def test_bruno_keeps_only_per_coarse_step_graph():
+    """BRUNO's autograd graph does not grow with the number of fine steps, with either its
+    implicit or its exact backward (which saves the 6 Jacobian entries per neuron and step)."""
+
+    def saved(algorithm, fine_steps, **options):
+        count, size = 0, 0
 
         def pack(t):
-            nonlocal count
-            count += 1
+            nonlocal count, size
+            count, size = count + 1, size + t.numel() * t.element_size()
             return t
 
         x = torch.rand(4, 2, N, requires_grad=True)
-        layer = FeLIFLayer(N, FeLIFParameters(), algorithm=algorithm, fine_steps=fine_steps)
+        layer = FeLIFLayer(
+            N, FeLIFParameters(), algorithm=algorithm, fine_steps=fine_steps, **options
+        )
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             layer(x).sum()
-        return count
+        return count, size
 
-    assert saved_count("bruno", 10) == saved_count("bruno", 200)
-    assert saved_count("bptt", 200) > 10 * saved_count("bptt", 10) / 2
+    for coarse_gradient in ("implicit", "exact"):
+        assert saved("bruno", 10, coarse_gradient=coarse_gradient) == saved(
+            "bruno", 200, coarse_gradient=coarse_gradient
+        )
+    assert saved("bptt", 200)[0] > 10 * saved("bptt", 10)[0] / 2
 
 
 def test_checkpoint_forward_graph_does_not_grow_with_fine_steps():
@@ -379,10 +482,21 @@ def test_rlif_quantised_recurrence():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_layers_run_unchanged_on_cuda():
-    for algorithm in ("bruno", "bptt", "checkpoint"):
+    runs = (
+        ("bruno", "implicit"),
+        ("bruno", "exact"),
+        ("bptt", "implicit"),
+        ("checkpoint", "implicit"),
+    )
+    for algorithm, coarse_gradient in runs:
         linear = SynapticLinear(IN, N, precision="rram").cuda()
         layer = FeLIFLayer(
-            N, FeLIFParameters(), algorithm=algorithm, fine_steps=10, variability_sigma=0.1
+            N,
+            FeLIFParameters(),
+            algorithm=algorithm,
+            fine_steps=10,
+            variability_sigma=0.1,
+            coarse_gradient=coarse_gradient,
         ).cuda()
         x = (torch.rand(T, B, IN, device="cuda") < 0.4).float()
         spikes = layer(linear(x))

@@ -12,7 +12,7 @@ import torch
 from bruno import device, felif, kernels
 from bruno.felif import FeLIFParameters, FeLIFState
 from bruno.kernels import __main__ as kernels_cli
-from bruno.kernels import build, throughput
+from bruno.kernels import build, ffi, selftest, throughput
 
 IN_CI = os.environ.get("CI", "").strip().lower() == "true"
 
@@ -149,6 +149,8 @@ def test_integrate_rejects_bad_input():
         )
     with pytest.raises(ValueError, match="current is on"):
         kernels.integrate(state, torch.zeros(3, device="meta"), FeLIFParameters(), 1e-6, 1)
+    with pytest.raises(ValueError, match="steps"):
+        kernels.integrate_with_jacobian(state, torch.zeros(3), FeLIFParameters(), 1e-6, -1)
 
 
 def test_throughput_helper(kernel):
@@ -268,3 +270,119 @@ def test_an_explicit_backend_that_cannot_run_raises(monkeypatch):
     got, _ = kernels.integrate(state, current, p, 1e-6, 5)
     ref, _ = kernels.integrate_reference(state, current, p, 1e-6, 5)
     assert torch.equal(got.v, ref.v)
+
+
+# ---------------------------------------------------------------------------------------------
+# The exact Jacobian of the fine path (kernels.integrate_with_jacobian; BRUNO's "exact" gradient)
+# ---------------------------------------------------------------------------------------------
+
+
+def _jacobian_cases(dtype: torch.dtype) -> tuple[FeLIFState, torch.Tensor, torch.Tensor]:
+    """(state, current, held) of 64 neurons: the self-test's edge states (rest, reset, +Ps, E = 0,
+    the -5 V clip) and some held, crossing within a step, driven past the +5 V clip, or random."""
+    p = FeLIFParameters()
+    g = torch.Generator().manual_seed(4)
+    state = selftest.with_edge_states(throughput.random_state((64,), p, g, torch.float64), p)
+    v, pol = state.v.clone(), state.polarization.clone()
+    v[5:8] = torch.tensor([3.0, 2.49, 4.9], dtype=torch.float64)  # held, crossing, to the clip
+    pol[5:8] = float(p.saturation_polarization)  # switched: no FeCAP current
+    current = (torch.rand(64, generator=g, dtype=torch.float64) * 4e-9 - 2e-9).clone()
+    current[:5] = torch.tensor([0.0, 1e-9, -1e-9, 0.0, -1e-7], dtype=torch.float64)
+    current[6:8] = 1e-6
+    held = torch.zeros(64, dtype=torch.bool)
+    held[5] = True
+    return FeLIFState(v.to(dtype), pol.to(dtype)), current.to(dtype), held
+
+
+@pytest.mark.parametrize("dt", [1e-6, 1e-3, 1e-30])
+def test_jacobian_one_step_matches_autograd_at_the_edges(kernel, dt):
+    """One step: the kernel's analytic local Jacobian equals autograd of bruno.felif.hold_step
+    (the torch reference) at every derivative convention: the half derivative of torch.maximum /
+    torch.minimum at P = -Ps / +Ps, the inclusive clamp at v = -V_CLIP exactly (dt = 1e-30), the
+    DECAY_CAP clamp (dt = 1 ms), E = 0, v = 0, a held neuron, a crossing step, the +5 V clip."""
+    state, current, held = _jacobian_cases(torch.float64)
+    ref_state, ref_held, ref = kernels.integrate_with_jacobian(
+        state, current, FeLIFParameters(), dt, 1, held, backend="torch"
+    )
+    got_state, got_held, got = kernels.integrate_with_jacobian(
+        state, current, FeLIFParameters(), dt, 1, held, kernel=kernel
+    )
+    assert torch.equal(got_held, ref_held)
+    assert selftest.jacobian_error(got, ref).max() <= 1e-12
+    torch.testing.assert_close(got_state.v, ref_state.v, rtol=0, atol=1e-12)
+    # the conventions the comparison pins (torch's, hence BPTT's)
+    assert torch.equal(ref[:, :, 5], torch.eye(2, 3, dtype=torch.float64))  # held: identity
+    if dt == 1e-6:
+        assert ref_held[6] and ref[0, 2, 6] > 0  # the crossing step itself counts
+        assert torch.equal(ref[0, :, 7], torch.zeros(3, dtype=torch.float64))  # clipped at +5 V
+        # reset state in a negative field: P = -Ps is a tie of torch.maximum, half derivative
+        assert ref[1, 1, 1] == pytest.approx(0.5, rel=1e-6)
+    if dt == 1e-30:  # -5 V + ~1e-29 V rounds to -5 V: a tie, clamp passes the derivative
+        assert got_state.v[4] == -felif.V_CLIP and ref[0, 0, 4] == 1.0
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-2)])
+def test_jacobian_through_a_coarse_step_native_matches_torch(kernel, dtype, tolerance):
+    """1000 steps (one coarse step): the native tangents against the float64 torch reference,
+    currents up to +-20 nA and +-0.4..1 uA (not the ~30-300 nA band where the fine path
+    oscillates; tests/test_bruno_algorithms.py covers that band against BPTT). Achieved: float64
+    ~1e-13, float32 ~1e-3 (in natural units, relative to each neuron's largest entry)."""
+    state, current, held = _jacobian_cases(torch.float64)
+    grid = torch.cat([torch.logspace(-12, -7.7, 16), torch.linspace(4e-7, 1e-6, 4)]).double()
+    current = torch.cat([current[:8], grid, -grid, current[48:]])
+    ref_state, ref_held, ref = kernels.integrate_with_jacobian(
+        state, current, FeLIFParameters(), 1e-6, 1000, held, backend="torch"
+    )
+    cast = FeLIFState(state.v.to(dtype), state.polarization.to(dtype))
+    got_state, got_held, got = kernels.integrate_with_jacobian(
+        cast, current.to(dtype), FeLIFParameters(), 1e-6, 1000, held, kernel=kernel
+    )
+    assert got.dtype == dtype and got.shape == (2, 3, 64)
+    assert torch.equal(got_held, ref_held) and ref_held.any() and not ref_held.all()
+    assert selftest.jacobian_error(got, ref).max() <= tolerance
+
+
+def test_jacobian_values_are_the_fine_path(kernel):
+    """The torch reference's values equal integrate_reference's bit for bit; the kernel's tangent
+    variant equals its plain variant to rounding (same equations; the compiler may contract
+    a * b + c into an FMA differently in the two loops). A [B, N] state with a [N] current."""
+    p = _varied_parameters(8)
+    state = throughput.random_state((3, 8), p, torch.Generator().manual_seed(0), torch.float64)
+    current = torch.linspace(-2e-9, 2e-9, 8, dtype=torch.float64)
+    expected, expected_held = kernels.integrate_reference(state, current, p, 1e-6, 300)
+    got, got_held, jacobian = kernels.integrate_with_jacobian(
+        state, current, p, 1e-6, 300, backend="torch"
+    )
+    assert torch.equal(got.v, expected.v) and torch.equal(got.polarization, expected.polarization)
+    assert torch.equal(got_held, expected_held) and jacobian.shape == (2, 3, 3, 8)
+    native, native_held = kernels.integrate(state, current, p, 1e-6, 300, kernel=kernel)
+    tangent, tangent_held, _ = kernels.integrate_with_jacobian(
+        state, current, p, 1e-6, 300, kernel=kernel
+    )
+    assert torch.equal(native_held, tangent_held)
+    torch.testing.assert_close(tangent.v, native.v, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="tangents need MODE_HOLD"):
+        n = 24
+        flat = torch.zeros(n, dtype=torch.float64)
+        kernel.run(
+            flat.clone(),
+            flat.clone(),
+            flat,
+            False,
+            ffi.pack_coefficients(FeLIFParameters(), (n,), torch.float64),
+            1e-6,
+            1,
+            ffi.MODE_RESET,
+            fired=torch.zeros(n, dtype=torch.uint8),
+            tangents=torch.zeros(ffi.TANGENTS, n, dtype=torch.float64),
+        )
+
+
+def test_a_kernel_with_a_wrong_jacobian_is_refused(kernel, tmp_path, monkeypatch):
+    """The build's self-test checks the tangent variant: a kernel that passes the full derivative
+    at the polarisation clamp's tie (instead of torch's half) is not installed."""
+    source = _private_kernel_source(tmp_path, monkeypatch)
+    tie = "((pu == -ps[i]) ? half : zero)"
+    assert tie in source.read_text()
+    source.write_text(source.read_text().replace(tie, "((pu == -ps[i]) ? one : zero)"))
+    assert build.build(verbose=False, variants=("generic-serial",)) is None

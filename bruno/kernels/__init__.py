@@ -15,6 +15,13 @@ A backend asked for by name that cannot run raises :class:`BackendUnavailable`.
 
 Spike handling is the trainers' (SPEC §3): inside one call a neuron whose membrane exceeds its
 threshold *holds* its state for the remaining steps; ``held`` says which neurons crossed.
+
+:func:`integrate_with_jacobian` is the same fine path that also returns the exact Jacobian of its
+map ``(v0, P0, I) -> (v, P)``, propagated in forward mode through every step (BRUNO's ``"exact"``
+coarse gradient, :mod:`bruno.algorithms`): on the torch backend by autograd of each step's
+:func:`bruno.felif.hold_step` (the conventions BPTT differentiates with), in the kernel by its
+tangent variant (analytic local Jacobians under the same conventions, checked against the torch
+backend by the build's self-test and tests/test_bruno_fine_path.py).
 """
 
 from __future__ import annotations
@@ -137,6 +144,16 @@ def _check(state: FeLIFState, current: torch.Tensor, dt: float, steps: int) -> N
         raise ValueError(f"steps must be a non-negative integer, got {steps}")
 
 
+def _reference_inputs(
+    state: FeLIFState, current: torch.Tensor, p: FeLIFParameters, held: torch.Tensor | None
+) -> tuple[FeLIFState, torch.Tensor, torch.Tensor, FeLIFParameters]:
+    """Detached state, held flags, the current in the state's dtype and ``p`` with its tensor
+    fields in that dtype (no silent promotion): what the torch loops start from."""
+    state = FeLIFState(state.v.detach(), state.polarization.detach())
+    current = current.detach().to(state.v.dtype)
+    return state, _as_bool(held, state.v), current, p.to(dtype=state.v.dtype)
+
+
 def integrate_reference(
     state: FeLIFState,
     current: torch.Tensor,
@@ -148,13 +165,60 @@ def integrate_reference(
     """The ``"torch"`` backend: a per-step PyTorch loop (no autograd) of ``steps`` hold-steps."""
     _check(state, current, dt, steps)
     with torch.no_grad():
-        state = FeLIFState(state.v.detach(), state.polarization.detach())
-        held = _as_bool(held, state.v)
-        current = current.to(state.v.dtype)
-        p = p.to(dtype=state.v.dtype)  # tensor fields in the state's dtype (no silent promotion)
+        state, held, current, p = _reference_inputs(state, current, p, held)
         for _ in range(int(steps)):
             state, held = hold_step(state, held, current, p, dt)
     return state, held
+
+
+def _select_kernel(
+    state: FeLIFState,
+    current: torch.Tensor,
+    dt: float,
+    steps: int,
+    backend: str,
+    kernel: NativeKernel | None,
+) -> NativeKernel | None:
+    """Check the arguments; the kernel to run (``kernel`` if given), None for the torch loop."""
+    _check(state, current, dt, steps)
+    return kernel if kernel is not None else select(backend, state.v)
+
+
+def _run_native(
+    kernel: NativeKernel,
+    state: FeLIFState,
+    current: torch.Tensor,
+    p: FeLIFParameters,
+    dt: float,
+    steps: int,
+    held: torch.Tensor | None,
+    coefficients: torch.Tensor | None,
+    tangents: torch.Tensor | None = None,
+) -> tuple[FeLIFState, torch.Tensor]:
+    """The kernel in HOLD mode on copies of the state; ``tangents``: see
+    :meth:`bruno.kernels.ffi.NativeKernel.run`."""
+    v = state.v
+    shape = v.shape
+    with torch.no_grad():
+        v_out = v.detach().to(memory_format=torch.contiguous_format).clone().reshape(-1)
+        p_out = state.polarization.detach().clone().contiguous().reshape(-1)
+        drive = torch.broadcast_to(current.detach().to(v.dtype), shape).contiguous().reshape(-1)
+        flags = _as_bool(held, v).to(torch.uint8).contiguous().reshape(-1).clone()
+        if coefficients is None:
+            coefficients = ffi.pack_coefficients(p, shape, v.dtype)
+        kernel.run(
+            v_out,
+            p_out,
+            drive,
+            False,
+            coefficients,
+            float(dt),
+            int(steps),
+            ffi.MODE_HOLD,
+            held=flags,
+            tangents=tangents,
+        )
+    return FeLIFState(v_out.reshape(shape), p_out.reshape(shape)), flags.reshape(shape).bool()
 
 
 def integrate(
@@ -174,32 +238,90 @@ def integrate(
     ``kernel`` runs that native library instead of choosing one; ``coefficients`` (from
     :func:`bruno.kernels.ffi.pack_coefficients` for this shape and dtype) skip re-packing.
     """
-    _check(state, current, dt, steps)
-    v = state.v
-    if kernel is None:
-        kernel = select(backend, v)
+    kernel = _select_kernel(state, current, dt, steps, backend, kernel)
     if kernel is None:
         return integrate_reference(state, current, p, dt, steps, held)
-    shape = v.shape
-    with torch.no_grad():
-        v_out = v.detach().to(memory_format=torch.contiguous_format).clone().reshape(-1)
-        p_out = state.polarization.detach().clone().contiguous().reshape(-1)
-        drive = torch.broadcast_to(current.detach().to(v.dtype), shape).contiguous().reshape(-1)
-        flags = _as_bool(held, v).to(torch.uint8).contiguous().reshape(-1).clone()
-        if coefficients is None:
-            coefficients = ffi.pack_coefficients(p, shape, v.dtype)
-        kernel.run(
-            v_out,
-            p_out,
-            drive,
-            False,
-            coefficients,
-            float(dt),
-            int(steps),
-            ffi.MODE_HOLD,
-            held=flags,
+    return _run_native(kernel, state, current, p, dt, steps, held, coefficients)
+
+
+def _identity_jacobian(like: torch.Tensor) -> torch.Tensor:
+    """The Jacobian of zero steps, shape (2, 3, *like.shape): d(v, P)/d(v0, P0, I) is
+    [[1, 0, 0], [0, 1, 0]] for every neuron."""
+    seed = torch.eye(2, 3, dtype=like.dtype, device=like.device)
+    return seed.reshape(2, 3, *(1,) * like.dim()).expand(2, 3, *like.shape).contiguous()
+
+
+def _local_jacobian(
+    state: FeLIFState, held: torch.Tensor, current: torch.Tensor, p: FeLIFParameters, dt: float
+) -> tuple[FeLIFState, torch.Tensor, torch.Tensor]:
+    """One :func:`bruno.felif.hold_step` and its local Jacobian d(v', P')/d(v, P, I), (2, 3, ...),
+    by autograd of the step itself: the equations, the clamps' and ties' conventions and the hold
+    rule are those BPTT differentiates, not restated. Neurons are independent, so the gradient of
+    a sum gives each neuron's entries."""
+    with torch.enable_grad():
+        inputs = tuple(
+            t.detach().requires_grad_(True) for t in (state.v, state.polarization, current)
         )
-    return FeLIFState(v_out.reshape(shape), p_out.reshape(shape)), flags.reshape(shape).bool()
+        new, held = hold_step(FeLIFState(*inputs[:2]), held, inputs[2], p, dt)
+        rows = [
+            torch.autograd.grad(out.sum(), inputs, retain_graph=True, materialize_grads=True)
+            for out in new
+        ]
+    local = torch.stack([torch.stack(row) for row in rows])
+    return FeLIFState(new.v.detach(), new.polarization.detach()), held, local
+
+
+def _integrate_with_jacobian_reference(
+    state: FeLIFState,
+    current: torch.Tensor,
+    p: FeLIFParameters,
+    dt: float,
+    steps: int,
+    held: torch.Tensor | None,
+) -> tuple[FeLIFState, torch.Tensor, torch.Tensor]:
+    """The ``"torch"`` backend of :func:`integrate_with_jacobian`: per step, the local Jacobian
+    (:func:`_local_jacobian`) applied to the tangents, ``J <- A J + (0, 0, b)``, in forward mode.
+    Values are :func:`integrate_reference`'s bit for bit (the same step on the same tensors)."""
+    with torch.no_grad():
+        state, held, current, p = _reference_inputs(state, current, p, held)
+        current = torch.broadcast_to(current, state.v.shape)  # one derivative per neuron
+        jacobian = _identity_jacobian(state.v)
+        for _ in range(int(steps)):
+            state, held, local = _local_jacobian(state, held, current, p, dt)
+            # rows v, P of the new Jacobian: sum over the old rows, plus the direct current term
+            jacobian = (local[:, :2, None] * jacobian[None]).sum(1)
+            jacobian[:, 2] += local[:, 2]
+    return state, held, jacobian
+
+
+def integrate_with_jacobian(
+    state: FeLIFState,
+    current: torch.Tensor,
+    p: FeLIFParameters,
+    dt: float,
+    steps: int,
+    held: torch.Tensor | None = None,
+    *,
+    backend: str = "auto",
+    kernel: NativeKernel | None = None,
+    coefficients: torch.Tensor | None = None,
+) -> tuple[FeLIFState, torch.Tensor, torch.Tensor]:
+    """:func:`integrate` and the exact Jacobian of its map, propagated in forward mode through
+    every step (BRUNO's ``"exact"`` coarse gradient); returns (state, held, jacobian).
+
+    ``jacobian[i, j]`` (shape ``(2, 3, *state.v.shape)``) is the derivative of the end state's
+    ``i`` (v, P) with respect to the start's ``j`` (v0, P0, and the neuron's own current, i.e. the
+    current broadcast to the state's shape), as autograd through :func:`bruno.felif.hold_step`
+    (``bptt``) gives it: a held neuron's row stops changing, the crossing step counts. Memory is
+    O(1) per neuron, whatever ``steps``. Same backends and arguments as :func:`integrate`; the
+    values equal its values on the same backend bit for bit.
+    """
+    kernel = _select_kernel(state, current, dt, steps, backend, kernel)
+    if kernel is None:
+        return _integrate_with_jacobian_reference(state, current, p, dt, steps, held)
+    tangents = _identity_jacobian(state.v.detach()).reshape(ffi.TANGENTS, -1)
+    new, held = _run_native(kernel, state, current, p, dt, steps, held, coefficients, tangents)
+    return new, held, tangents.reshape(2, 3, *state.v.shape)
 
 
 def info() -> dict:

@@ -2,7 +2,7 @@
  *
  * This file is the only restatement of the FeLIF equations outside bruno/felif.py
  * (tests/test_bruno_fine_path.py pins it to bruno.felif.euler_step). The equations, with the
- * per-neuron coefficients packed by bruno/native.py (``COEFFICIENTS`` there, same order as the
+ * per-neuron coefficients packed by bruno/kernels/ffi.py (``COEFFICIENTS`` there, same order as the
  * C_* indices below):
  *
  *   E      = field_v * v - field_p * P                       (ferroelectric_field)
@@ -16,7 +16,7 @@
  *
  * rate dt is capped at DECAY_CAP (60) before the exp, as in euler_step: exp(-60) ~ 9e-27 is far
  * below the rounding of P (|P - target| is 0 or >= ulp(Ps)), and the cap keeps (P - target) exp(.)
- * out of the denormal range (no flush-to-zero here, see bruno/native.py).
+ * out of the denormal range (no flush-to-zero here, see bruno/kernels/build.py).
  *
  * Layout: the time loop is outside, an inner loop over a block of neurons runs under
  * `#pragma omp simd` so that gcc calls glibc's vector math (libmvec) for exp/log; blocks are
@@ -26,7 +26,12 @@
  *   HOLD  (trainers, SPEC section 3): a neuron whose membrane exceeds threshold stops
  *         integrating for the rest of the call; `held[i]` is read at entry and written at exit.
  *         The input current is constant over the call (i_stride = 0) or per step.
- *   RESET (device simulation, bruno.felif.simulate): a neuron crossing threshold at a step is
+ *         With `tangents` (6 x n, rows dv/dv0, dv/dP0, dv/dI, dP/dv0, dP/dP0, dP/dI; read at
+ *         entry, written at exit) the kernel also propagates, in forward mode, the exact Jacobian
+ *         of the call's map (v0, P0, I) -> (v, P) through every step (FELIF_TANGENT_STEP): BRUNO's
+ *         "exact" coarse gradient, O(1) memory per neuron. A held neuron's tangents stop changing;
+ *         the step that crosses threshold still counts, as in bruno.felif.hold_step.
+ *   RESET (device simulation, bruno.device.simulate): a neuron crossing threshold at a step is
  *         reset to (reset_voltage, -Ps) at that step; `fired[k * n + i]` records it.
  */
 #include <math.h>
@@ -55,10 +60,10 @@ enum {
     C_COUNT
 };
 
-/* The constants shared with bruno/felif.py come from it: bruno/native.py passes them as -D flags
+/* The constants shared with bruno/felif.py come from it: bruno/kernels/build.py passes them as -D flags
  * (and they are part of the build key), so they are never restated here. */
 #if !defined(BRUNO_ABI_VERSION) || !defined(BRUNO_V_CLIP) || !defined(BRUNO_DECAY_CAP)
-#error "build through `python -m bruno.native build`: it defines BRUNO_ABI_VERSION, BRUNO_V_CLIP, BRUNO_DECAY_CAP"
+#error "build through `python -m bruno.kernels build`: it defines BRUNO_ABI_VERSION, BRUNO_V_CLIP, BRUNO_DECAY_CAP"
 #endif
 #define V_CLIP BRUNO_V_CLIP       /* bruno.felif.V_CLIP */
 #define DECAY_CAP BRUNO_DECAY_CAP /* bruno.felif.DECAY_CAP */
@@ -138,27 +143,58 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
 
 /* One fine step of the FeLIF compact model from (v[i], p[i]) to (vn, pn): the C statement of
  * bruno/felif.py::euler_step (field, switching rate, exponential polarisation update, leak,
- * charge-conserving membrane update, clamps). Both kernel modes expand it; only the spike
- * handling after it differs. */
+ * charge-conserving membrane update, clamps). Every kernel mode expands it; only the spike
+ * handling after it differs. The intermediates are named for FELIF_TANGENT_STEP. */
 #define FELIF_NEXT_STATE(T, EXP, LOG, FABS, FMIN, FMAX)                                             \
     const T vi = v[i], pi = p[i];                                                                   \
     const T e = fv[i] * vi - fp[i] * pi;                                                            \
-    const T rate = EXP(-EXP(al[i] * (lea[i] - LOG(FABS(e) + es[i])))) * it0[i];                     \
+    const T ae = FABS(e) + es[i];                                                                   \
+    const T ex = EXP(al[i] * (lea[i] - LOG(ae)));                                                   \
+    const T rate = EXP(-ex) * it0[i];                                                               \
     const T se = (e > zero) ? one : ((e < zero) ? -one : zero);                                     \
     const T sv = (vi > zero) ? one : ((vi < zero) ? -one : zero);                                   \
     const T target = se * ps[i];                                                                    \
-    const T decay = EXP(-FMIN(rate * dt, cap));                                                     \
-    const T pn = FMIN(FMAX(target + (pi - target) * decay, -ps[i]), ps[i]);                         \
-    const T leak = sv * (i0a[i] * (EXP(vi * ivt[i]) - one) + idsc[i]);                              \
+    const T rdt = rate * dt;                                                                        \
+    const T decay = EXP(-FMIN(rdt, cap));                                                           \
+    const T pu = target + (pi - target) * decay;                                                    \
+    const T pm = FMAX(pu, -ps[i]);                                                                  \
+    const T pn = FMIN(pm, ps[i]);                                                                   \
+    const T ev = EXP(vi * ivt[i]);                                                                  \
+    const T leak = sv * (i0a[i] * (ev - one) + idsc[i]);                                            \
     const T dv = dt * (gain[i] * ik[i] - leak) * ic[i] - ar[i] * (pn - pi) * ic[i];                 \
-    const T vn = FMIN(FMAX(vi + dv, -vclip), vclip);
+    const T vu = vi + dv;                                                                           \
+    const T vn = FMIN(FMAX(vu, -vclip), vclip);
+
+/* The local Jacobian of the step, after FELIF_NEXT_STATE: a_vv, a_vp, a_pv, a_pp = d(vn, pn)/d(vi, pi)
+ * and a_vi = d vn / d I (d pn / d I = 0), under torch autograd's conventions for
+ * bruno.felif.euler_step (tests/test_bruno_fine_path.py checks them against autograd):
+ * d|E|/dE = sign(E) (0 at E = 0), sign() has zero derivative, min(rate dt, DECAY_CAP) passes the
+ * derivative where rate dt <= DECAY_CAP (torch.clamp), the polarisation's maximum(., -Ps) and
+ * minimum(., Ps) pass it fully strictly inside and half at a tie (torch.maximum/minimum), and the
+ * membrane clamp passes it where -V_CLIP <= vu <= V_CLIP (torch.clamp, ties inclusive). */
+#define FELIF_LOCAL_JACOBIAN(T)                                                                     \
+    const T drate = rate * al[i] * ex / ae * se; /* d rate / dE */                                  \
+    const T ddecay = (rdt <= cap) ? -decay * dt * drate : zero;                                     \
+    const T dpu = (pi - target) * ddecay; /* d pu / dE */                                           \
+    const T gp = ((pu > -ps[i]) ? one : ((pu == -ps[i]) ? half : zero)) *                           \
+                 ((pm < ps[i]) ? one : ((pm == ps[i]) ? half : zero));                              \
+    const T a_pv = gp * dpu * fv[i];                                                                \
+    const T a_pp = gp * (decay - dpu * fp[i]);                                                      \
+    const T gv = (vu >= -vclip && vu <= vclip) ? one : zero;                                        \
+    const T aic = ar[i] * ic[i];                                                                    \
+    const T a_vv = gv * (one - dt * sv * i0a[i] * ev * ivt[i] * ic[i] - aic * a_pv);                \
+    const T a_vp = gv * aic * (one - a_pp);                                                         \
+    const T a_vi = gv * dt * gain[i] * ic[i];
+
+#define TANGENT_CHUNK 256 /* neurons per pass of the tangent variant (its scratch: 5 x this) */
 
 #define DEFINE_KERNEL(T, SUFFIX, EXP, LOG, FABS, FMIN, FMAX)                                       \
     static void block_##SUFFIX(int64_t lo, int64_t hi, int64_t n, int64_t steps, T dt,            \
                                T *restrict v, T *restrict p, const T *restrict current,            \
                                int64_t i_stride, const T *const *coef, int mode,                   \
                                uint8_t *restrict held, uint8_t *restrict fired,                    \
-                               T *restrict v_rec, T *restrict p_rec, int64_t record_every) {        \
+                               T *restrict v_rec, T *restrict p_rec, int64_t record_every,         \
+                               T *restrict tan) {                                                  \
         const T *restrict fv = coef[C_FIELD_V];                                                     \
         const T *restrict fp = coef[C_FIELD_P];                                                     \
         const T *restrict lea = coef[C_LOG_EA];                                                     \
@@ -174,10 +210,54 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
         const T *restrict ic = coef[C_INV_C];                                                       \
         const T *restrict thr = coef[C_THRESHOLD];                                                  \
         const T *restrict rv = coef[C_RESET_V];                                                     \
-        const T one = (T)1, zero = (T)0, vclip = (T)V_CLIP, cap = (T)DECAY_CAP;                    \
+        const T one = (T)1, zero = (T)0, half = (T)0.5, vclip = (T)V_CLIP, cap = (T)DECAY_CAP;     \
+        T local[5 * TANGENT_CHUNK]; /* the local Jacobian of one chunk (tangent variant) */        \
+        (void)half;                                                                                 \
+        (void)local;                                                                                \
         for (int64_t k = 0; k < steps; ++k) {                                                       \
             const T *restrict ik = current + k * i_stride;                                          \
-            if (mode == 0) {                                                                        \
+            if (mode == 0 && tan) {                                                                 \
+                /* two passes per chunk (fewer live registers than one): the step and its local  \
+                 * Jacobian (the identity for a held neuron), then t <- A t + (b, 0) */           \
+                for (int64_t c = lo; c < hi; c += TANGENT_CHUNK) {                                  \
+                    const int64_t ce = c + TANGENT_CHUNK < hi ? c + TANGENT_CHUNK : hi;             \
+                    T *restrict l_vv = local, *restrict l_vp = local + TANGENT_CHUNK;               \
+                    T *restrict l_vi = local + 2 * TANGENT_CHUNK;                                   \
+                    T *restrict l_pv = local + 3 * TANGENT_CHUNK;                                   \
+                    T *restrict l_pp = local + 4 * TANGENT_CHUNK;                                   \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t i = c; i < ce; ++i) {                                              \
+                        FELIF_NEXT_STATE(T, EXP, LOG, FABS, FMIN, FMAX)                             \
+                        FELIF_LOCAL_JACOBIAN(T)                                                     \
+                        const int h = held[i] != 0;                                                 \
+                        const T vo = h ? vi : vn;                                                   \
+                        v[i] = vo;                                                                  \
+                        p[i] = h ? pi : pn;                                                         \
+                        held[i] = (uint8_t)(h | (vo > thr[i]));                                     \
+                        l_vv[i - c] = h ? one : a_vv;                                               \
+                        l_vp[i - c] = h ? zero : a_vp;                                              \
+                        l_vi[i - c] = h ? zero : a_vi;                                              \
+                        l_pv[i - c] = h ? zero : a_pv;                                              \
+                        l_pp[i - c] = h ? one : a_pp;                                               \
+                    }                                                                               \
+                    T *restrict t_0 = tan, *restrict t_1 = tan + n, *restrict t_2 = tan + 2 * n;    \
+                    T *restrict t_3 = tan + 3 * n, *restrict t_4 = tan + 4 * n;                     \
+                    T *restrict t_5 = tan + 5 * n;                                                  \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t i = c; i < ce; ++i) {                                              \
+                        const T avv = l_vv[i - c], avp = l_vp[i - c], apv = l_pv[i - c];            \
+                        const T app = l_pp[i - c];                                                  \
+                        const T x0 = t_0[i], x1 = t_1[i], x2 = t_2[i];                              \
+                        const T x3 = t_3[i], x4 = t_4[i], x5 = t_5[i];                              \
+                        t_0[i] = avv * x0 + avp * x3;                                               \
+                        t_1[i] = avv * x1 + avp * x4;                                               \
+                        t_2[i] = avv * x2 + avp * x5 + l_vi[i - c];                                 \
+                        t_3[i] = apv * x0 + app * x3;                                               \
+                        t_4[i] = apv * x1 + app * x4;                                               \
+                        t_5[i] = apv * x2 + app * x5;                                               \
+                    }                                                                               \
+                }                                                                                   \
+            } else if (mode == 0) {                                                                 \
                 _Pragma("omp simd")                                                                 \
                 for (int64_t i = lo; i < hi; ++i) {                                                 \
                     FELIF_NEXT_STATE(T, EXP, LOG, FABS, FMIN, FMAX)                                 \
@@ -211,7 +291,7 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
     int bruno_felif_run_##SUFFIX(int64_t n, int64_t steps, double dt, T *v, T *p,                  \
                                  const T *current, int64_t i_stride, const T *const *coef,         \
                                  int mode, uint8_t *held, uint8_t *fired, T *v_rec, T *p_rec,      \
-                                 int64_t record_every, int64_t block, int nthreads) {               \
+                                 int64_t record_every, T *tangents, int64_t block, int nthreads) {  \
         if (n <= 0 || steps < 0) return 0;                                                          \
         if (block <= 0) block = n;                                                                  \
         if (record_every <= 0) record_every = 1;                                                    \
@@ -224,7 +304,7 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
             const int64_t lo = b * block;                                                           \
             const int64_t hi = lo + block < n ? lo + block : n;                                     \
             block_##SUFFIX(lo, hi, n, steps, (T)dt, v, p, current, i_stride, coef, mode, held,     \
-                           fired, v_rec, p_rec, record_every);                                      \
+                           fired, v_rec, p_rec, record_every, tangents);                            \
         }                                                                                           \
         return 0;                                                                                   \
     }

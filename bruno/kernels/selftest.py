@@ -1,5 +1,7 @@
 """Numerical self-test of a freshly built kernel library, run in a child process by the build:
-``python -m bruno.kernels.selftest LIBRARY`` exits 0 when the library matches the torch reference.
+``python -m bruno.kernels.selftest LIBRARY`` exits 0 when the library matches the torch reference,
+in values (:func:`bruno.kernels.integrate`) and in the Jacobian its tangent variant propagates
+(:func:`bruno.kernels.integrate_with_jacobian`).
 
 A library that fails here is never installed (:func:`bruno.kernels.build.build`).
 """
@@ -12,9 +14,53 @@ from pathlib import Path
 import torch
 
 from bruno import kernels
-from bruno.felif import FeLIFParameters
+from bruno.felif import V_CLIP, FeLIFParameters, FeLIFState
 from bruno.kernels import ffi
 from bruno.kernels.throughput import random_state
+
+# Natural units of the Jacobian's inputs (v0: 1 V, P0: 0.22 C/m^2 ~ Ps, I: 1 nA) and outputs
+# (v: 1 V, P: 0.22 C/m^2), so that entries of different units compare on one scale.
+_INPUT_UNITS = (1.0, 0.22, 1e-9)
+_OUTPUT_UNITS = (1.0, 0.22)
+
+
+def jacobian_error(got: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """Per neuron, the largest entry of ``got - expected`` ((2, 3, ...) Jacobians) in natural
+    units, relative to the largest entry of ``expected`` or to the identity's 1, whichever is
+    larger: entries that cancel to ~0 (dv/dP0 of a neuron that does not switch) or underflow
+    (P at saturation in float32) are judged on the neuron's scale, not on their own."""
+    ones = (1,) * (expected.dim() - 2)
+    scale = torch.tensor(_INPUT_UNITS, dtype=torch.float64).reshape(1, 3, *ones) / torch.tensor(
+        _OUTPUT_UNITS, dtype=torch.float64
+    ).reshape(2, 1, *ones)
+    expected = expected.to(torch.float64) * scale
+    error = (got.to(torch.float64) * scale - expected).abs().amax((0, 1))
+    return error / expected.abs().amax((0, 1)).clamp_min(1.0)
+
+
+def _signed_currents(
+    n: int, low: float, high: float, generator: torch.Generator, dtype: torch.dtype
+) -> torch.Tensor:
+    """Currents of magnitude log-uniform in [10^low, 10^high] A, every third one negative."""
+    magnitude = 10.0 ** (
+        torch.rand(n, generator=generator, dtype=torch.float64) * (high - low) + low
+    )
+    sign = torch.where(torch.arange(n) % 3 == 0, -1.0, 1.0).to(torch.float64)
+    return (sign * magnitude).to(dtype)
+
+
+def with_edge_states(state: FeLIFState, p: FeLIFParameters) -> FeLIFState:
+    """``state`` (1-d, >= 5 neurons) with its first neurons where the derivative conventions
+    matter: rest and reset (P = -Ps exactly, at a tie of the polarisation clamp in a negative
+    field), P = +Ps in a positive field, E = 0 (v = 0, P = 0) and v at the -V_CLIP clip."""
+    ps = float(torch.as_tensor(p.saturation_polarization, dtype=torch.float64).max())
+    reset_v = float(torch.as_tensor(p.reset_voltage, dtype=torch.float64).max())
+    edges = torch.tensor(
+        [[0.0, -ps], [reset_v, -ps], [2.0, ps], [0.0, 0.0], [-V_CLIP, -ps]], dtype=state.v.dtype
+    )
+    v, polarization = state.v.clone(), state.polarization.clone()
+    v[: len(edges)], polarization[: len(edges)] = edges[:, 0], edges[:, 1]
+    return FeLIFState(v, polarization)
 
 
 def check_library(path: str) -> tuple[bool, str]:
@@ -26,14 +72,16 @@ def check_library(path: str) -> tuple[bool, str]:
         return False, "loading the library switched on flush-to-zero for the whole process"
     generator = torch.Generator().manual_seed(0)
     n = 37
-    for dtype, tolerance in ((torch.float64, 1e-9), (torch.float32, 2e-4)):
-        p = FeLIFParameters()
+    p = FeLIFParameters()
+    # float32's Jacobian differs by ~1e-3 from float64's (rounding through 200 steps)
+    for dtype, tolerance, jacobian_tolerance in (
+        (torch.float64, 1e-9, 1e-9),
+        (torch.float32, 2e-4, 5e-2),
+    ):
         state = random_state((n,), p, generator, dtype)
         # the whole input range a neuron can see: sub-nA either sign, and up to +-1 uA, where the
         # membrane is driven to the clip and across threshold within a step
-        magnitude = 10.0 ** (torch.rand(n, generator=generator, dtype=torch.float64) * 6 - 12)
-        sign = torch.where(torch.arange(n) % 3 == 0, -1.0, 1.0).to(torch.float64)
-        current = (sign * magnitude).to(dtype)
+        current = _signed_currents(n, -12, -6, generator, dtype)
         ref, ref_held = kernels.integrate_reference(state, current, p, 1e-6, 200)
         got, got_held = kernels.integrate(state, current, p, 1e-6, 200, kernel=kernel)
         error = (got.v - ref.v).abs().max().item()
@@ -42,7 +90,28 @@ def check_library(path: str) -> tuple[bool, str]:
                 False,
                 f"{dtype}: max |dv| {error:.3g} V, held equal {torch.equal(ref_held, got_held)}",
             )
-    return True, f"self-test ok (float64/float32 vs euler_step, max |dv| {error:.2g} V)"
+        # tangents: up to 20 nA, below the band (~30-300 nA) where the 1 us step oscillates in the
+        # switching window and the Jacobian of the fine map is ill-conditioned (tests cover more)
+        current = _signed_currents(n, -12, -7.7, generator, dtype)
+        state = with_edge_states(state, p)
+        ref_state, ref_held, ref_jac = kernels.integrate_with_jacobian(
+            state, current, p, 1e-6, 200, backend="torch"
+        )
+        got_state, got_held, got_jac = kernels.integrate_with_jacobian(
+            state, current, p, 1e-6, 200, kernel=kernel
+        )
+        jacobian = jacobian_error(got_jac, ref_jac).max().item()
+        value = (got_state.v - ref_state.v).abs().max().item()
+        if not (
+            jacobian <= jacobian_tolerance
+            and value <= tolerance * 5
+            and torch.equal(ref_held, got_held)
+        ):
+            return False, f"{dtype} tangents: Jacobian error {jacobian:.3g}, max |dv| {value:.3g} V"
+    return True, (
+        f"self-test ok (float64/float32 vs euler_step, max |dv| {error:.2g} V; "
+        f"Jacobian vs autograd, float32 error {jacobian:.2g})"
+    )
 
 
 if __name__ == "__main__":
