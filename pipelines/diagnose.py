@@ -36,7 +36,13 @@ from pipelines.tasks import make_task
 from pipelines.train import add_override_option
 
 RESULTS_DIR = Path("results/diagnose")
-VARIANTS = (("bptt", None), ("bruno", "implicit"), ("bruno", "euler"), ("coarse", None))
+VARIANTS = (
+    ("bptt", None),
+    ("bruno", "implicit"),
+    ("bruno", "euler"),
+    ("bruno", "exact"),
+    ("coarse", None),
+)
 STEP_WINDOWS = 10  # coarse-step windows in the per-step table
 SINCE_SPIKE_BINS_MS = ((0, 5), (5, 20), (20, 50), (50, 1e9))
 CURRENT_BINS_NA = ((-math.inf, 0.0), (0.0, 0.3), (0.3, 1.0), (1.0, 3.0), (3.0, math.inf))

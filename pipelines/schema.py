@@ -54,7 +54,9 @@ class FeLIFNeuron(Section):
     preset: str = Field("calibrated", description="'calibrated', 'paper', or a preset path")
     algorithm: Algorithm = "bruno"
     coarse_gradient: CoarseGradient = Field(
-        "implicit", description="bruno's coarse Jacobian ('euler': the SPEC's literal form)"
+        "implicit",
+        description="bruno's backward: 'implicit' coarse step, 'euler' (the SPEC's literal form), "
+        "'exact' (the fine path's own Jacobian, = BPTT's gradient)",
     )
     fine_backend: FineBackend = "auto"
     fine_steps: Annotated[int, Field(ge=1, le=1_000_000)] = 1000

@@ -35,6 +35,9 @@ def test_diagnosis_reproduces_the_n1_identity_and_writes_its_report(tmp_path, ca
     drive = euler["layers"]["outputs"]["drive"]
     assert drive["cosine"] == pytest.approx(1.0, abs=1e-9)
     assert report["variants"]["bptt"]["loss"] == euler["loss"]
+    exact = report["variants"]["bruno (exact)"]  # BPTT's gradient at any fine_steps
+    for name, stats in exact["parameters"].items():
+        assert stats["cosine"] == pytest.approx(1.0, abs=1e-6), name
     op = report["operating_point"]["outputs"]
     assert op["coarse_steps"] == 12 and 0.0 <= op["silent_fraction"] <= 1.0
     assert (tmp_path / "braille_felif_fp_v0.md").read_text().startswith("# Gradient diagnosis")
