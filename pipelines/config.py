@@ -37,7 +37,7 @@ class ConfigError(ValueError):
 
 
 # unions tagged by "kind": the field, and its tags (pydantic puts the tag in an error's location)
-_TAGGED = {"neuron": ("felif", "lif", "rlif"), "model": ("spiking", "lstm")}
+_TAGGED = {"neuron": ("felif", "lif", "rlif"), "model": ("spiking", "lstm", "gru")}
 
 
 def _errors(error: pydantic.ValidationError) -> list[str]:

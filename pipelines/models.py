@@ -3,12 +3,13 @@
 JSB Chorales (next-frame prediction, one frame = one coarse step):
     spiking:  notes [T,B,54] -> synapses 54->H -> H spiking neurons (FeLIF/LIF/RLIF)
               -> synapses H->54 -> 54 logits (sigmoid outputs, BCE)
-    lstm:     notes -> LSTM(H) -> Linear H->54 -> 54 logits (the non-spiking reference)
+    lstm/gru: notes -> LSTM/GRU(H) -> Linear H->54 -> 54 logits (the non-spiking references)
 
 Braille letters (27 classes):
     events [T,B,24] -> synapses 24->H -> H hidden neurons (LIF/RLIF, or FeLIF)
                     -> synapses H->27 -> 27 output neurons (FeLIF with BRUNO, or LIF/RLIF)
     logits = count_scale * (output spike counts over the sample); cross-entropy.
+    lstm/gru: events -> LSTM/GRU(H) -> Linear H->27 on the last step's hidden state.
 
 The synapse layers are ``bruno.synapses.SynapticLinear`` at the configured precision (fp, n-bit,
 calibrated 3-bit RRAM) for every weight matrix of a spiking network; their biases (a constant
@@ -106,17 +107,23 @@ class JSBSpiking(nn.Module):
         return self.synapses_out(spikes), {"spikes": spikes}
 
 
-class JSBLSTM(nn.Module):
-    def __init__(self, model: schema.LSTMModel, seed: int):
-        super().__init__()
-        self.lstm = nn.LSTM(JSB_NOTES, model.hidden)
-        self.readout = nn.Linear(model.hidden, JSB_NOTES)
-        with torch.no_grad():
-            self.readout.bias.fill_(JSB_OUTPUT_BIAS)
+class Recurrent(nn.Module):
+    """LSTM/GRU -> Linear: logits per frame (JSB) or from the last step's hidden state
+    (Braille, ``last_only``)."""
 
-    def forward(self, notes: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        hidden, _ = self.lstm(notes)
-        return self.readout(hidden), {}
+    def __init__(self, model: schema.RecurrentModel, inputs: int, outputs: int, last_only: bool):
+        super().__init__()
+        cell = nn.LSTM if model.kind == "lstm" else nn.GRU
+        self.rnn = cell(inputs, model.hidden)
+        self.readout = nn.Linear(model.hidden, outputs)
+        self.last_only = last_only
+        if not last_only:
+            with torch.no_grad():
+                self.readout.bias.fill_(JSB_OUTPUT_BIAS)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        hidden, _ = self.rnn(x)
+        return self.readout(hidden[-1] if self.last_only else hidden), {}
 
 
 class BrailleSpiking(nn.Module):
@@ -142,9 +149,11 @@ def build(config: schema.AnyExperiment, seed: int) -> nn.Module:
     """The network of a resolved config; parameters initialised from ``seed``."""
     torch.manual_seed(seed)
     model = config.model
-    if config.task == "jsb":
-        return JSBLSTM(model, seed) if model.kind == "lstm" else JSBSpiking(model, seed)
-    return BrailleSpiking(model, seed)
+    jsb = config.task == "jsb"
+    if isinstance(model, schema.RecurrentModel):
+        inputs, outputs = (JSB_NOTES, JSB_NOTES) if jsb else (BRAILLE_CHANNELS, BRAILLE_CLASSES)
+        return Recurrent(model, inputs, outputs, last_only=not jsb)
+    return JSBSpiking(model, seed) if jsb else BrailleSpiking(model, seed)
 
 
 def presets_used(config: schema.AnyExperiment) -> dict[str, str]:

@@ -16,7 +16,7 @@ Shape (JSON; defaults in the models below)::
      "optim": {"name": "adamax", "lr": 0.01, "epochs": 12}}
 
 JSB networks have a hidden layer and a linear sigmoid readout (no ``output`` layer); a
-``"kind": "lstm"`` model is the non-spiking reference. Units are SI (seconds, amperes).
+``"kind": "lstm"`` or ``"gru"`` model is the non-spiking reference (both tasks). Units: SI.
 """
 
 from __future__ import annotations
@@ -138,10 +138,11 @@ class BrailleSpikingModel(SpikingModel):
         return [self.hidden.neuron, self.output.neuron]
 
 
-class LSTMModel(Section):
-    """The non-spiking reference: LSTM(hidden) -> Linear."""
+class RecurrentModel(Section):
+    """The non-spiking references: LSTM or GRU(hidden) -> Linear (JSB: every frame; Braille: the
+    last step's hidden state)."""
 
-    kind: Literal["lstm"]
+    kind: Literal["lstm", "gru"]
     hidden: Count = 150
 
     def neurons(self) -> list:
@@ -237,13 +238,13 @@ class Experiment(Section):
 class JSBExperiment(Experiment):
     task: Literal["jsb"]
     data: JSBData = JSBData()
-    model: Annotated[SpikingModel | LSTMModel, Field(discriminator="kind")]
+    model: Annotated[SpikingModel | RecurrentModel, Field(discriminator="kind")]
 
 
 class BrailleExperiment(Experiment):
     task: Literal["braille"]
     data: BrailleData = BrailleData()
-    model: BrailleSpikingModel
+    model: Annotated[BrailleSpikingModel | RecurrentModel, Field(discriminator="kind")]
 
 
 EXPERIMENTS: dict[str, type[Experiment]] = {"jsb": JSBExperiment, "braille": BrailleExperiment}

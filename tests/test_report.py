@@ -85,6 +85,17 @@ def test_report_tables_and_figures(tmp_path):
     assert "| jsb_lstm | LSTM(150) |" in text and "8.500" in text and "25.0" in text
     for name in ("braille.csv", "jsb.csv", "braille.png", "jsb.png"):
         assert (out / name).is_file(), name
+    records = {r["experiment"]: r for r in json.loads((out / "summary.json").read_text())}
+    felif = records["braille_felif"]
+    assert (felif["task"], felif["network"], felif["algorithm"]) == (
+        "braille",
+        "lif->felif",
+        "bruno-implicit",
+    )
+    assert (felif["synapses"], felif["sigma"], felif["seeds"]) == ("fp", 0.0, [0, 1, 2])
+    assert felif["values"] == [0.80, 0.90, 0.85] and felif["metric"] == "test_accuracy"
+    assert abs(felif["mean"] - 0.85) < 1e-12 and abs(felif["std"] - 0.05) < 1e-12
+    assert records["jsb_lstm"]["network"] == "lstm" and records["jsb_felif"]["network"] == "felif"
     assert "unfinished" not in text
 
 

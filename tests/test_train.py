@@ -88,7 +88,7 @@ def test_shipped_configs_are_valid():
 
 def test_families_expand_to_named_experiments(tmp_path):
     names = cfg.list_experiments()
-    braille = [n for n in names if n.startswith("braille_")]
+    braille = [n for n in names if n.startswith(("braille_felif", "braille_lif", "braille_rlif"))]
     assert len(braille) == 12 and "braille_rlif_rram_v10" in braille
     assert {f"jsb_alg_{m}" for m in ("bptt", "checkpoint", "bruno", "coarse")} <= set(names)
     rlif = cfg.load("braille_rlif_rram_v10")
@@ -332,6 +332,8 @@ def test_ddp_two_cpu_processes_equal_one(tmp_path):
                 "synapse": {"precision": "3bit"},
             },
         ),
+        ("braille", {"kind": "gru", "hidden": 8}),
+        ("jsb", {"kind": "gru", "hidden": 8}),
     ],
 )
 def test_spiking_networks_train_end_to_end(tmp_path, task, model):
@@ -347,7 +349,7 @@ def test_spiking_networks_train_end_to_end(tmp_path, task, model):
         "data": (
             {"max_train": 4, "max_eval": 2, "max_frames": 6}
             if task == "jsb"
-            else {"n_steps": 10, "max_train": 27, "max_eval": 27}
+            else {"n_steps": 10, "max_train": 27, "max_eval": 27, "augment": {"time_shift": 1}}
         ),
     }
     path = tmp_path / "spiking.json"
