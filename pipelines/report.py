@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -146,19 +147,32 @@ def _stat(values: list[float], key: str, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _variant(run: dict) -> str:
+    """The resolved config without its seeds: runs pool only when this is the same."""
+    return json.dumps(cfg.dump(run["config"].model_copy(update={"seeds": [0]})), sort_keys=True)
+
+
 def summarise(runs: list[dict]) -> dict[str, list[dict]]:
-    """``{group: [experiment summary]}``, experiments in name order."""
-    experiments: dict[str, dict] = {}
+    """``{group: [experiment summary]}``, experiments in name order. Seeds of one experiment
+    pool; runs of the same name with another config (``--set`` overrides) are an experiment of
+    their own, named after their run directory."""
+    variants: dict[str, set[str]] = {}
+    for run in runs:
+        variants.setdefault(run["config"].name, set()).add(_variant(run))
+    experiments: dict[tuple[str, str], dict] = {}
     for run in runs:
         config = run["config"]
+        name = config.name
+        if len(variants[name]) > 1:
+            name = re.sub(r"_s\d+$", "", Path(run["dir"]).name)
         entry = experiments.setdefault(
-            config.name,
-            {"name": config.name, "config": config, "group": config.group, "runs": []},
+            (name, _variant(run)),
+            {"name": name, "config": config, "group": config.group, "runs": []},
         )
         entry["runs"].append(run)
     groups: dict[str, list[dict]] = {}
-    for name in sorted(experiments):
-        entry = experiments[name]
+    for key in sorted(experiments):
+        entry = experiments[key]
         group = entry["group"] or entry["config"].task
         groups.setdefault(group, []).append(entry)
     return groups

@@ -168,3 +168,21 @@ def test_runs_of_an_older_config_format_are_skipped_with_a_reason(tmp_path, caps
     runs = report.load_runs(train_dir)
     assert [run["config"].name for run in runs] == ["new"]
     assert "skipping" in capsys.readouterr().err
+
+
+def test_runs_with_overrides_are_not_pooled_with_the_plain_ones(tmp_path):
+    train_dir = tmp_path / "train"
+    _run(train_dir, "felif", 0, "braille", "braille", {"test_accuracy": 0.3})
+    _run(train_dir, "felif", 1, "braille", "braille", {"test_accuracy": 0.4})
+    exact = {"output": {"neuron": {"kind": "felif", "coarse_gradient": "exact"}}}
+    raw = {"task": "braille", "group": "braille", "seeds": [0]}
+    raw["model"] = {"kind": "spiking", "hidden": {"neuron": {"kind": "lif"}}, **exact}
+    run = train_dir / "felif_exact_s0"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(cfg.dump(cfg.resolve(raw, name="felif"))))
+    (run / "metrics.json").write_text(json.dumps({"seed": 0, "test_accuracy": 0.9}))
+    entries = report.summarise(report.load_runs(train_dir))["braille"]
+    assert sorted((e["name"], len(e["runs"])) for e in entries) == [
+        ("felif", 2),
+        ("felif_exact", 1),
+    ]
