@@ -1,14 +1,13 @@
 """Run SPICE decks from ``netlists/`` in ngspice's shared library through PySpice.
 
-One in-process ngspice instance per Python process; batches of runs go through
-:func:`run_many`, which uses worker processes that are recycled after a few runs because ngspice
-leaks memory per run in shared mode. Every failure names the deck and what went wrong: a missing
-ngspice, an unknown ``.param``, a run that did not converge.
+One in-process ngspice instance per Python process; batches of runs go through the execution
+layer (:func:`bruno.execution.run_many`: a local process pool or Ray), whose workers are recycled
+after a few runs because ngspice leaks memory per run in shared mode. Every failure names the
+deck and what went wrong: a missing ngspice, an unknown ``.param``, a run that did not converge.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes.util
 import dataclasses
 import glob
@@ -16,7 +15,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -320,72 +319,3 @@ def _check_log(ng: Any, name: str, stage: str) -> None:
             )
             error = ConvergenceError if convergence else SpiceError
             raise error(f"{name}: ngspice failed while {stage}: {line.strip()} ({_log_tail(ng)})")
-
-
-@dataclasses.dataclass(frozen=True)
-class RunFailure:
-    """One run of a batch that failed: its index, its arguments and why."""
-
-    index: int
-    arguments: Any
-    error: str
-
-
-def run_many(
-    function: Callable[[Any], Any],
-    arguments: Sequence[Any] | Iterable[Any],
-    *,
-    workers: int | None = None,
-    runs_per_worker: int = 20,
-    progress: str | None = None,
-) -> tuple[list[Any], list[RunFailure]]:
-    """Call a picklable ``function`` on each argument in recycled worker processes.
-
-    Returns the results in order (``None`` where a run failed) and the failures, each with its
-    reason, so a sweep that loses samples says so instead of dropping them.
-
-    Recycling: the runs go in chunks of ``workers * runs_per_worker``, each chunk in a fresh pool
-    (ngspice leaks memory per run in shared mode). ``max_tasks_per_child`` is not used: on
-    Python 3.11 a pool whose workers retire can deadlock instead of starting replacements.
-    A crashed worker breaks its whole pool, so every run of that pool without a result is run
-    again alone in a pool of its own: only a run that crashes by itself is reported as a crash.
-    """
-    from tqdm.auto import tqdm
-
-    arguments = list(arguments)
-    workers = workers or max(1, min(len(arguments), os.cpu_count() or 1))
-    results: list[Any] = [None] * len(arguments)
-    failures: dict[int, RunFailure] = {}
-    bar = tqdm(total=len(arguments), desc=progress, disable=progress is None, leave=False)
-
-    def run_pool(indices: list[int], pool_workers: int) -> list[int]:
-        """Run ``indices`` in one fresh pool; return those lost to a broken pool."""
-        broken: list[int] = []
-        with concurrent.futures.ProcessPoolExecutor(max_workers=pool_workers) as pool:
-            futures = {pool.submit(function, arguments[i]): i for i in indices}
-            for future in concurrent.futures.as_completed(futures):
-                index = futures[future]
-                try:
-                    results[index] = future.result()
-                except concurrent.futures.process.BrokenProcessPool as error:
-                    broken.append(index)
-                    reason = f"worker crashed: {error}"
-                    failures[index] = RunFailure(index, arguments[index], reason)
-                    continue
-                except Exception as error:  # noqa: BLE001 - reported per run
-                    failures[index] = RunFailure(
-                        index, arguments[index], f"{type(error).__name__}: {error}"
-                    )
-                bar.update()
-        return broken
-
-    chunk = max(1, workers * runs_per_worker)
-    for start in range(0, len(arguments), chunk):
-        indices = list(range(start, min(start + chunk, len(arguments))))
-        for index in sorted(run_pool(indices, min(workers, len(indices)))):
-            if not run_pool([index], 1):
-                failures.pop(index, None)
-            else:
-                bar.update()
-    bar.close()
-    return results, [failures[i] for i in sorted(failures)]

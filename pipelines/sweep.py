@@ -7,7 +7,8 @@ layers before LIF ones), so a machine with many cores finishes the matrix in a f
 sequential time. Each run writes its usual ``<out>/<name>_s<seed>/`` plus ``train.log`` (its
 output). Runs already complete are skipped by ``train`` itself; unfinished ones resume from their
 last checkpoint, so a sweep stopped by ``--time-limit``, Ctrl-C or a lost machine is continued by
-running the same command again.
+running the same command again. The runs go through the execution layer (``--backend``:
+:mod:`bruno.execution`'s local process pool, or Ray for a cluster; same runs, same results).
 
 Exit status: 0 when every run finished, 3 when some run failed (its log is named), 4 when the
 time limit stopped runs that can be resumed.
@@ -98,6 +99,58 @@ def _finished(out: Path, job: Job) -> bool:
     return (out / job.run / "metrics.json").exists()
 
 
+@dataclass(frozen=True)
+class Launch:
+    """What one worker runs for a job: its command line, log file and environment additions
+    (merged into the worker's own environment, so that a Ray node keeps its PATH), and the wall
+    clock time (``time.time()``) past which it stops the run (it resumes on the next sweep)."""
+
+    run: str
+    command: tuple[str, ...]
+    log: str
+    env: tuple[tuple[str, str], ...]
+    deadline: float | None
+
+
+def launch(job: Launch) -> str:
+    """Run one training process to its end or to the deadline; returns ``"exit <code>"`` or
+    ``"stopped"``. Its output goes to its log; an interrupted worker stops its run first."""
+    if job.deadline is not None and time.time() >= job.deadline:
+        return "stopped"
+    with open(job.log, "a") as log:
+        process = subprocess.Popen(
+            list(job.command),
+            cwd=REPO,
+            env=dict(os.environ, **dict(job.env)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            while True:
+                try:
+                    return f"exit {process.wait(timeout=0.5)}"
+                except subprocess.TimeoutExpired:
+                    if job.deadline is not None and time.time() >= job.deadline:
+                        _terminate(process)
+                        return "stopped"
+        except BaseException:
+            _terminate(process)
+            raise
+
+
+def _terminate(process: subprocess.Popen) -> None:
+    """SIGTERM the run's process group (a run keeps its last epoch's checkpoint); SIGKILL after
+    30 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def run(
     jobs: list[Job],
     out: Path,
@@ -106,81 +159,42 @@ def run(
     threads: int,
     time_limit: float | None = None,
     progress: bool = True,
+    backend: str | None = None,
 ) -> dict[str, list[str]]:
-    """Run ``jobs`` ``parallel`` at a time; returns the run names by outcome
-    (``done``, ``failed``, ``stopped``)."""
-    from tqdm.auto import tqdm
+    """Run ``jobs`` ``parallel`` at a time on the execution layer's ``backend``
+    (:mod:`bruno.execution`); returns the run names by outcome (``done``, ``failed``,
+    ``stopped``)."""
+    from bruno import execution
 
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    pending = list(jobs)
-    running: dict[str, tuple[subprocess.Popen, object, Job]] = {}
+    env = {"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    deadline = time.time() + time_limit if time_limit else None
+    launches = []
+    for job in jobs:
+        (out / job.run).mkdir(parents=True, exist_ok=True)
+        command = tuple(job.command(out, overrides))
+        log = str(out / job.run / "train.log")
+        launches.append(Launch(job.run, command, log, tuple(env.items()), deadline))
+    results, failures = execution.run_many(
+        launch,
+        launches,
+        backend=backend,
+        workers=min(parallel, max(1, len(launches))),
+        runs_per_worker=max(1, len(launches)),
+        cpus_per_job=threads,
+        progress="sweep" if progress else None,
+    )
     outcome: dict[str, list[str]] = {"done": [], "failed": [], "stopped": []}
-    deadline = time.monotonic() + time_limit if time_limit else None
-    bar = tqdm(total=len(jobs), desc="sweep", unit="run", disable=not progress)
-    try:
-        while pending or running:
-            while pending and len(running) < parallel and not _past(deadline):
-                job = pending.pop(0)
-                (out / job.run).mkdir(parents=True, exist_ok=True)
-                log = open(out / job.run / "train.log", "a")
-                process = subprocess.Popen(
-                    job.command(out, overrides),
-                    cwd=REPO,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-                running[job.run] = (process, log, job)
-            for name, (process, log, job) in list(running.items()):
-                if process.poll() is None:
-                    continue
-                log.close()
-                del running[name]
-                ok = process.returncode == 0 and _finished(out, job)
-                outcome["done" if ok else "failed"].append(name)
-                bar.update(1)
-                if not ok:
-                    tqdm.write(
-                        f"sweep: {name} failed (exit {process.returncode}); see "
-                        f"{out / name / 'train.log'}"
-                    )
-            if _past(deadline):
-                outcome["stopped"] += [job.run for job in pending]
-                pending.clear()
-                if running:
-                    tqdm.write(
-                        f"sweep: time limit reached; stopping {len(running)} runs "
-                        "(they resume from their last epoch on the next sweep)"
-                    )
-                    _stop(running, outcome)
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        _stop(running, outcome)
-        raise
-    finally:
-        bar.close()
+    for job, result in zip(jobs, results, strict=True):
+        if result == "stopped":
+            outcome["stopped"].append(job.run)
+        elif result == "exit 0" and _finished(out, job):
+            outcome["done"].append(job.run)
+        else:
+            outcome["failed"].append(job.run)
+    for failure in failures:
+        print(f"sweep: {jobs[failure.index].run}: {failure.error}", file=sys.stderr)
     return outcome
-
-
-def _past(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() >= deadline
-
-
-def _stop(running: dict, outcome: dict[str, list[str]]) -> None:
-    for process, _, _ in running.values():
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    for name, (process, log, _) in list(running.items()):
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
-        outcome["stopped"].append(name)
-    running.clear()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--time-limit", type=float, metavar="SECONDS", help="stop (resumably) after this long"
     )
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        help="execution layer (bruno.execution): local process pool (default, or "
+        "$BRUNO_EXECUTION_BACKEND) or Ray ($RAY_ADDRESS, else a local Ray instance)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -220,11 +240,18 @@ def main(argv: list[str] | None = None) -> int:
         for job in jobs:
             print(f"{job.run}\t{job.experiment}\tseed {job.seed}\tcost {job.cost:g}")
         return 0
+    from bruno import execution
+
+    try:
+        backend = execution.resolve_backend(args.backend)
+    except (execution.BackendUnavailable, ValueError) as error:
+        print(f"sweep: {error}", file=sys.stderr)
+        return 2
     args.out = args.out.resolve()
     todo = [job for job in jobs if not _finished(args.out, job)]
     print(
         f"sweep: {len(jobs)} runs, {len(jobs) - len(todo)} already complete; "
-        f"{args.jobs} at a time x {args.threads} thread(s)"
+        f"{args.jobs} at a time x {args.threads} thread(s) on the {backend} backend"
     )
     outcome = run(
         todo,
@@ -234,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         args.threads,
         args.time_limit,
         progress=not args.no_progress,
+        backend=backend,
     )
     print(
         f"sweep: {len(outcome['done'])} finished, {len(outcome['failed'])} failed, "
@@ -241,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name in outcome["failed"]:
         print(f"  failed: {name} ({args.out / name / 'train.log'})")
+    if outcome["stopped"]:
+        print(
+            f"sweep: time limit reached; {len(outcome['stopped'])} runs stopped (the same command "
+            "continues them: finished runs are skipped, the others resume from their last epoch)"
+        )
     if outcome["failed"]:
         return 3
     return 4 if outcome["stopped"] else 0

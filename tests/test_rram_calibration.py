@@ -11,6 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from bruno import execution
 from calibration import rram, spice
 
 # ------------------------------------------------------------------ bad input (no SPICE)
@@ -128,7 +129,7 @@ def test_monte_carlo_surfaces_lost_samples(monkeypatch):
     def fake_run_jobs(jobs, **kwargs):
         results = [{"g_read_S": 1e-4 * (1 + j["state"]), "retries": 0} for j in jobs]
         results[1] = None
-        failure = spice.RunFailure(1, jobs[1], "ConvergenceError: Timestep too small")
+        failure = execution.RunFailure(1, jobs[1], "ConvergenceError: Timestep too small")
         return results, [failure]
 
     monkeypatch.setattr(rram.cell, "run_jobs", fake_run_jobs)

@@ -73,24 +73,3 @@ def test_missing_ngspice_library_gives_install_instructions():
     )
     assert "CLEAR:" in out.stdout, out.stderr
     assert "apt-get install -y ngspice libngspice0" in out.stdout
-
-
-def _rc_final_voltage(resistance: float) -> float:
-    if resistance < 0:
-        raise ValueError("negative resistance")
-    if resistance == 0:
-        os._exit(3)  # a crashing worker, as a segfaulting ngspice would
-    deck = spice.set_parameters(spice.read_netlist("rc.cir"), {"r_series": resistance})
-    return float(spice.simulate(deck, "tran 10u 1m 0 10u uic", name="rc")["out"][-1])
-
-
-def test_run_many_reports_failures_and_crashes_instead_of_dropping_them():
-    arguments = [1e3, -1.0, 2e3, 0.0]
-    results, failures = spice.run_many(_rc_final_voltage, arguments, workers=2, runs_per_worker=1)
-    assert results[0] == pytest.approx(1 - np.exp(-1.0), abs=1e-4)
-    assert results[2] == pytest.approx(1 - np.exp(-0.5), abs=1e-4)
-    assert results[1] is None and results[3] is None
-    by_index = {f.index: f for f in failures}
-    assert set(by_index) == {1, 3}
-    assert "negative resistance" in by_index[1].error
-    assert "crashed" in by_index[3].error

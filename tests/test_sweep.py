@@ -34,32 +34,34 @@ def configs(tmp_path):
     return _two_configs(tmp_path, epochs=3)
 
 
-def test_parallel_sweep_equals_sequential_runs(tmp_path, configs):
+def test_parallel_sweep_equals_sequential_runs(tmp_path, configs, backend):
     sequential = tmp_path / "seq"
     for path in configs:
         assert train.main([path, "--out", str(sequential), "--no-progress"]) == 0
     parallel = tmp_path / "par"
-    assert sweep.main([*configs, "--jobs", "2", "--out", str(parallel), "--no-progress"]) == 0
+    on = ["--backend", backend]
+    assert sweep.main([*configs, *on, "--jobs", "2", "--out", str(parallel), "--no-progress"]) == 0
     for run in ("tiny_a_s0", "tiny_b_s0"):
         a, b = _metrics(sequential, run), _metrics(parallel, run)
         for key in METRICS:
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), (run, key)
         assert (parallel / run / "train.log").read_text().strip()
     # Everything complete: a second sweep starts nothing.
-    assert sweep.main([*configs, "--out", str(parallel), "--no-progress"]) == 0
+    assert sweep.main([*configs, *on, "--out", str(parallel), "--no-progress"]) == 0
 
 
-def test_time_limited_sweep_resumes_to_the_same_result(tmp_path, configs, capsys):
+def test_time_limited_sweep_resumes_to_the_same_result(tmp_path, configs, capsys, backend):
     reference = tmp_path / "ref"
     assert sweep.main([*configs, "--jobs", "2", "--out", str(reference), "--no-progress"]) == 0
     out = tmp_path / "out"
+    on = ["--backend", backend]
     status = sweep.main(
-        [*configs, "--jobs", "1", "--time-limit", "0.5", "--out", str(out), "--no-progress"]
+        [*configs, *on, "--jobs", "1", "--time-limit", "3", "--out", str(out), "--no-progress"]
     )
     assert status == 4  # stopped, resumable
     assert "stopped" in capsys.readouterr().out
     assert not (out / "tiny_b_s0" / "metrics.json").exists()
-    assert sweep.main([*configs, "--jobs", "2", "--out", str(out), "--no-progress"]) == 0
+    assert sweep.main([*configs, *on, "--jobs", "2", "--out", str(out), "--no-progress"]) == 0
     for run in ("tiny_a_s0", "tiny_b_s0"):
         for key in METRICS:
             assert _metrics(out, run)[key] == pytest.approx(

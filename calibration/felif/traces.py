@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from bruno import execution
 from calibration import (
     spice,
 )
@@ -167,7 +168,7 @@ def spice_runs(
     for stimulus in stimuli:
         check_stimulus(stimulus)
     jobs = [(s, str(netlist), max_step, dict(overrides or {}), options) for s in stimuli]
-    results, failures = spice.run_many(_spice_job, jobs, runs_per_worker=8, progress=progress)
+    results, failures = execution.run_many(_spice_job, jobs, runs_per_worker=8, progress=progress)
     if failures:
         detail = "; ".join(f"{stimuli[f.index].name}: {f.error}" for f in failures)
         raise FeLIFCalibrationError(

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from bruno import execution
 from calibration import (
     spice,
 )
@@ -140,12 +141,12 @@ def run_jobs(
     workers: int | None = None,
     runs_per_worker: int = 20,
     progress: str | None = None,
-) -> tuple[list[dict[str, float] | None], list[spice.RunFailure]]:
-    """``program_and_read`` over ``jobs`` in recycled worker processes (calibration.spice.run_many).
+) -> tuple[list[dict[str, float] | None], list[execution.RunFailure]]:
+    """``program_and_read`` over ``jobs`` in recycled worker processes (bruno.execution.run_many).
 
     Failures keep their index in ``jobs``.
     """
-    return spice.run_many(
+    return execution.run_many(
         function or program_and_read,
         list(jobs),
         workers=workers,
@@ -203,7 +204,9 @@ def sweep(
     return table, [_failure_record(f, names, len(currents)) for f in failures]
 
 
-def _failure_record(failure: spice.RunFailure, names: Sequence[str], per: int) -> dict[str, Any]:
+def _failure_record(
+    failure: execution.RunFailure, names: Sequence[str], per: int
+) -> dict[str, Any]:
     return {
         "index": failure.index,
         "device": names[failure.index // per] if names else None,
