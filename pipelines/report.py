@@ -154,8 +154,9 @@ def _variant(run: dict) -> str:
 
 def summarise(runs: list[dict]) -> dict[str, list[dict]]:
     """``{group: [experiment summary]}``, experiments in name order. Seeds of one experiment
-    pool; runs of the same name with another config (``--set`` overrides) are an experiment of
-    their own, named after their run directory."""
+    pool; runs of the same name with another config (``--set`` overrides), and runs in a directory
+    of their own naming (``train --run NAME``), are an experiment of their own, named after their
+    run directory (less a ``_s<seed>`` suffix)."""
     variants: dict[str, set[str]] = {}
     for run in runs:
         variants.setdefault(run["config"].name, set()).add(_variant(run))
@@ -163,8 +164,9 @@ def summarise(runs: list[dict]) -> dict[str, list[dict]]:
     for run in runs:
         config = run["config"]
         name = config.name
-        if len(variants[name]) > 1:
-            name = re.sub(r"_s\d+$", "", Path(run["dir"]).name)
+        directory = re.sub(r"_s\d+$", "", Path(run["dir"]).name)
+        if len(variants[name]) > 1 or directory != name:
+            name = directory
         entry = experiments.setdefault(
             (name, _variant(run)),
             {"name": name, "config": config, "group": config.group, "runs": []},

@@ -186,3 +186,11 @@ def test_runs_with_overrides_are_not_pooled_with_the_plain_ones(tmp_path):
         ("felif", 2),
         ("felif_exact", 1),
     ]
+    # a plain config in a run directory of its own name (train --run) is named after it too
+    (train_dir / "felif_s1").rename(train_dir / "felif_again")
+    entries = report.summarise(report.load_runs(train_dir))["braille"]
+    assert sorted((e["name"], len(e["runs"])) for e in entries) == [
+        ("felif", 1),
+        ("felif_again", 1),
+        ("felif_exact", 1),
+    ]
