@@ -10,6 +10,8 @@ PY := $(VENV)/bin/python
 export BRUNO_DATA_DIR ?= $(CURDIR)/data
 EXP ?= jsb_felif_bruno
 GROUP ?= braille
+# The trained run `make cosim` exports to ngspice (a results/train/<run> directory).
+RUN ?=
 JOBS ?= $(shell nproc)
 ARGS ?=
 # Scratch directory of `make smoke` (its presets, reports, runs); removed by `make clean`.
@@ -21,7 +23,7 @@ NATIVE_BUILD ?= $(or $(BRUNO_NATIVE_DIR),bruno/kernels/build)
 export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup native test lint smoke calibrate validate train sweep bench report diagnose clean
+.PHONY: all setup native test lint smoke calibrate validate train sweep bench report diagnose cosim clean
 
 # The stages run one after another even under `make -j`: each needs the previous one's output.
 all: setup  ## the main job: calibrate -> validate -> train (default experiment) -> report
@@ -66,6 +68,10 @@ bench: setup  ## memory/time benchmark BRUNO vs BPTT vs checkpointing; fine-path
 
 diagnose: setup  ## BRUNO's gradient vs BPTT's on one batch: make diagnose ARGS="braille_felif_fp_v0"
 	$(PY) -m pipelines diagnose $(ARGS)
+
+cosim: setup  ## a trained run as a circuit in ngspice vs PyTorch: make cosim RUN=results/train/<run>
+	@test -n "$(RUN)" || { echo "make cosim: give RUN=results/train/<run> (a trained run directory)" >&2; exit 2; }
+	$(PY) -m pipelines cosim $(RUN) --jobs $(JOBS) $(ARGS)
 
 report: setup  ## gather results/train/* into tables and figures
 	$(PY) -m pipelines report $(ARGS)

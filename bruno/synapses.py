@@ -31,6 +31,7 @@ gradient reaches the full-precision shadow weights ``W`` unchanged.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -39,6 +40,17 @@ from torch.nn import functional as F
 from bruno.presets import RRAMPreset, load_rram_preset
 
 PRECISIONS = ("fp", "8bit", "4bit", "3bit", "rram")
+
+
+class RRAMCells(NamedTuple):
+    """The cells of an RRAM synapse array, index [pair (0: G+, 1: G-), out, in]."""
+
+    levels: torch.Tensor  # programmed level of each cell (0 .. 7)
+    latent: torch.Tensor  # device-to-device latent z of each cell
+    conductance_S: torch.Tensor  # read conductance the forward pass uses (S, at the read voltage)
+    weight_per_siemens: float  # weight = (G+ - G-) * weight_per_siemens
+
+
 _BITS = {"8bit": 8, "4bit": 4, "3bit": 3}
 
 
@@ -148,8 +160,8 @@ class SynapticLinear(nn.Module):
         empirical = table[level, low] + fraction * (table[level, low + 1] - table[level, low])
         return torch.where(counts >= 2, empirical, normal)
 
-    def _rram_pair(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(G+, G-) normalised by g_max - g_min, and the weight per unit normalised conductance."""
+    def _levels(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The level programmed into each cell of the pairs (G+, G-) and the weight scale."""
         w = weight.detach()
         scale = w.abs().max().clamp_min(torch.finfo(w.dtype).tiny)
         means = self.level_means.to(w.dtype)
@@ -158,12 +170,31 @@ class SynapticLinear(nn.Module):
         level = (target - offsets).abs().argmin(dim=-1)
         zero = torch.zeros_like(level)
         positive = w >= 0
-        level_pos = torch.where(positive, level, zero)
-        level_neg = torch.where(positive, zero, level)
-        z = self.device_z.to(w.dtype)
+        return torch.where(positive, level, zero), torch.where(positive, zero, level), scale
+
+    def _rram_pair(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(G+, G-) normalised by g_max - g_min, and the weight per unit normalised conductance."""
+        level_pos, level_neg, scale = self._levels(weight)
+        z = self.device_z.to(scale.dtype)
         g_pos = self._cell_conductance(level_pos, z[0])
         g_neg = self._cell_conductance(level_neg, z[1])
         return g_pos, g_neg, scale
+
+    def rram_cells(self) -> RRAMCells:
+        """Every cell of the array as the forward pass reads it (rram precision only): what a
+        circuit export programs (pipelines/cosim.py)."""
+        if self.precision != "rram":
+            raise ValueError(f"rram_cells: the synapses are {self.precision!r}, not 'rram'")
+        with torch.no_grad():
+            w = self.weight.detach()  # in its own dtype: the levels the forward pass picks
+            level_pos, level_neg, scale = self._levels(w)
+            g_pos, g_neg, _ = self._rram_pair(w)
+        return RRAMCells(
+            levels=torch.stack([level_pos, level_neg]),
+            latent=self.device_z.detach().double().clone(),
+            conductance_S=torch.stack([g_pos, g_neg]).double() * self._span_S,
+            weight_per_siemens=float(scale) / self._span_S,
+        )
 
     def effective_weight(self) -> torch.Tensor:
         """The weight the forward pass uses (noise-free read), with the STE gradient path."""

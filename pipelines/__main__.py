@@ -1,6 +1,6 @@
-"""`python -m pipelines {train,sweep,bench,report,diagnose} [args...]`: runs the stage's module.
+"""`python -m pipelines STAGE [args...]`: train, sweep, bench, report, diagnose or cosim.
 
-``pipelines.train``, ``sweep``, ``bench``, ``report`` and ``diagnose`` each provide
+``pipelines.train``, ``sweep``, ``bench``, ``report``, ``diagnose`` and ``cosim`` each provide
 ``main(argv) -> int``.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-STAGES = ("train", "sweep", "bench", "report", "diagnose")
+STAGES = ("train", "sweep", "bench", "report", "diagnose", "cosim")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
-"""Shared fixtures: a local Ray instance for the execution-layer tests (bruno.execution)."""
+"""Shared fixtures: a local Ray instance (bruno.execution tests) and the real-data checks."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +35,24 @@ def backend(request) -> str:
     if request.param == "ray":
         request.getfixturevalue("ray_instance")
     return request.param
+
+
+def need_data(relpath: str) -> Path:
+    """A real data file under $BRUNO_DATA_DIR: a skip here when missing, a failure in CI."""
+    from pipelines import datasets as ds
+
+    path = ds.data_dir() / relpath
+    if not path.is_file():
+        message = f"real data missing: {path} (set {ds.DATA_DIR_ENV})"
+        if IN_CI:
+            pytest.fail(message + " - in CI a missing dataset is a failure")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def braille_data() -> Path:
+    """The Braille event data (tests that build the Braille task)."""
+    from pipelines import datasets as ds
+
+    return need_data(ds.BRAILLE_FILE)

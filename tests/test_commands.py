@@ -136,6 +136,16 @@ def test_make_stages_pass_args_through():
     assert "ruff check ." in out.stdout and "ruff format --check ." in out.stdout
 
 
+def test_make_cosim_needs_a_run_and_passes_it_on(tmp_path):
+    out = _make("-n", "cosim", "RUN=results/train/x_s0", "JOBS=3", "ARGS=--samples 5")
+    assert "-m pipelines cosim results/train/x_s0 --jobs 3 --samples 5" in out.stdout, out.stdout
+    out = _make("cosim", "RUN=")
+    assert out.returncode == 2 and "give RUN=results/train/<run>" in out.stderr
+    from pipelines.__main__ import main
+
+    assert main(["cosim", str(tmp_path / "missing")]) == 2  # a clear error, no traceback
+
+
 def test_make_clean_removes_results_and_the_native_build(tmp_path):
     shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
     made = [

@@ -15,36 +15,24 @@ import os
 import pickle
 import socket
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from pipelines import datasets as ds
-
-IN_CI = os.environ.get("CI", "").strip().lower() == "true"
-
-
-def _need(relpath: str) -> Path:
-    path = ds.data_dir() / relpath
-    if not path.is_file():
-        message = f"real data missing: {path} (set {ds.DATA_DIR_ENV})"
-        if IN_CI:
-            pytest.fail(message + " - in CI a missing dataset is a failure")
-        pytest.skip(message)
-    return path
+from tests.conftest import need_data
 
 
 @pytest.fixture(scope="module")
 def jsb():
-    _need("jsb/jsb-chorales-quarter.json")
+    need_data("jsb/jsb-chorales-quarter.json")
     return ds.load_jsb("quarter", download=False)
 
 
 @pytest.fixture(scope="module")
 def braille():
-    _need(ds.BRAILLE_FILE)
+    need_data(ds.BRAILLE_FILE)
     return ds.load_braille(n_steps=50, split_seed=0, download=False)
 
 
@@ -83,7 +71,7 @@ def test_jsb_roll_matches_json(jsb):
 @pytest.mark.data
 @pytest.mark.parametrize("grid", ["8th", "16th"])
 def test_jsb_other_grids(grid):
-    _need(f"jsb/jsb-chorales-{grid}.json")
+    need_data(f"jsb/jsb-chorales-{grid}.json")
     data = ds.load_jsb(grid, download=False)  # transposed: window 36..89
     assert [len(data[s]) for s in ds.JSB_SPLITS] == [229, 76, 77]
     factor = {"8th": 2, "16th": 4}[grid]

@@ -1,0 +1,210 @@
+"""Co-simulation (pipelines/cosim): the exported circuit against itself unfactorised and against
+the compact model; the array's write-verify; the cells' device draws; bad run directories."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from bruno import presets
+from bruno.layers import FeLIFLayer
+from bruno.synapses import SynapticLinear
+from pipelines import config as cfg
+from pipelines import models
+from pipelines.cosim import (
+    CosimError,
+    HardwareLayer,
+    circuit_drive,
+    export,
+    export_run,
+    hardware_layer,
+    load_run,
+)
+from pipelines.cosim.array import cell_geometries, program_array
+from pipelines.cosim.network import bias_current, compact_spikes
+
+STEP = 1e-3
+
+
+def _tiny_layer() -> HardwareLayer:
+    """2 presynaptic lines -> 2 FeLIF neurons through 3-bit RRAM pairs (calibrated devices)."""
+    synapses = SynapticLinear(
+        2, 2, precision="rram", device_variability=False, read_noise=False, bias=True
+    )
+    with torch.no_grad():
+        synapses.weight.copy_(torch.tensor([[1.0, -0.2], [0.3, 0.85]]))
+        synapses.bias.copy_(torch.tensor([0.1, -0.05]))  # a DC source beside the gain stage
+    neurons = FeLIFLayer(2, parameters=presets.load_felif_preset(), variability_sigma=0.0)
+    return HardwareLayer(synapses, neurons, gain=4.0)
+
+
+def _presynaptic(steps: int = 12) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    pattern = (rng.random((steps, 2)) < 0.6).astype(float)
+    pattern[:, 0] = 1.0  # a tonic line keeps both neurons firing
+    return pattern
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    layer = _tiny_layer()
+    array = program_array(layer, jobs=1)
+    weight_gain = layer.neurons.current_scale * layer.gain * array["weight_per_siemens"]
+    gains = np.full(2, weight_gain / array["v_read_V"])
+    return layer, array, gains, bias_current(layer)
+
+
+def test_write_verify_reads_the_models_conductances(tiny):
+    layer, array, gains, bias = tiny
+    cells = layer.synapses.rram_cells()
+    read = array["current_A"] / array["v_read_V"]
+    np.testing.assert_allclose(read, cells.conductance_S.numpy(), rtol=2e-4)
+    assert array["summary"]["verify_rel_error_max"] <= 2e-4
+    # the gain stage reproduces the model's drive: current_scale x gain x W s
+    pre = _presynaptic()
+    weight = layer.synapses.effective_weight().detach().double().numpy()
+    offset = layer.synapses.bias.detach().double().numpy()
+    expected = layer.neurons.current_scale * layer.gain * (pre @ weight.T + offset)
+    drive = circuit_drive(pre, array, gains, bias)
+    np.testing.assert_allclose(drive, expected, rtol=5e-4, atol=1e-15)
+
+
+def test_factorised_circuit_equals_the_whole_circuit_and_the_compact_model(tiny):
+    """The array read + neuron deck gives the spike times of the one-deck circuit (cells read by
+    pulses, F-source gain stage); the compact model with circuit reset agrees with both."""
+    layer, array, gains, bias = tiny
+    pre = _presynaptic()
+    drive = circuit_drive(pre, array, gains, bias)
+    assert drive.min() > 0.3e-9  # positive drive: the regime the compact model is fitted to
+    overrides = [{}, {}]
+    factorised = export.spike_times(export.neuron_deck(drive, STEP, overrides))
+    cells, pick = array["cells"], array["cell_index"]
+    whole = export.full_deck(
+        pre,
+        STEP,
+        [[cells[c] for c in row] for row in pick[0]],
+        [[cells[c] for c in row] for row in pick[1]],
+        array["v_read_V"],
+        gains,
+        overrides,
+        bias_A=bias,
+    )
+    assert "ib1 0 mem1 DC -" in whole.text
+    unfactorised = export.spike_times(whole)
+    compact = compact_spikes(drive, layer)
+    for j in range(2):
+        spice_times = factorised["spikes"][j]
+        assert len(spice_times) >= 2, factorised
+        assert len(unfactorised["spikes"][j]) == len(spice_times)
+        np.testing.assert_allclose(unfactorised["spikes"][j], spice_times, atol=5e-6)
+        assert len(compact[j]) == len(spice_times)
+        np.testing.assert_allclose(compact[j], spice_times, rtol=0.03, atol=0.2e-3)
+
+
+def test_decks_are_plain_spice_with_the_mapping_in_the_header(tiny):
+    layer, array, gains, bias = tiny
+    drive = circuit_drive(_presynaptic(), array, gains, bias)
+    deck = export.neuron_deck(drive, STEP, [{}, {}], header="mapping: W = (G+ - G-) x k")
+    assert (
+        deck.text
+        == export.neuron_deck(drive, STEP, [{}, {}], header="mapping: W = (G+ - G-) x k").text
+    )
+    assert "* mapping: W = (G+ - G-) x k" in deck.text
+    assert deck.text.count(".subckt felif0 mem") == 1
+    assert not re.search(r"^\s*Iin\s", deck.text, re.I | re.M)  # the gain stage drives mem
+    # the analysis is the caller's (with the netlist's maximum step)
+    assert not re.search(r"^\s*\.(tran|meas)", deck.text, re.I | re.M)
+    clamped = export.neuron_deck(drive, STEP, [{}, {}], clamp_V=5.0)
+    assert "bcl0 0 mem0" in clamped.text
+
+
+def test_cells_with_variability_take_the_monte_carlo_device_of_their_quantile():
+    synapses = SynapticLinear(16, 8, precision="rram", device_variability=True, seed=4)
+    preset = synapses.rram_preset
+    devices, geometry = cell_geometries(synapses, preset)
+    cells = synapses.rram_cells()
+    failures = {(f["state"], f["device_index"]) for f in preset.record["monte_carlo"]["failures"]}
+    assert len(devices) == preset.record["monte_carlo"]["devices_per_state"]
+    for pair, j, i in [(0, 0, 0), (1, 3, 5), (0, 7, 15), (1, 6, 2)]:
+        level = int(cells.levels[pair, j, i])
+        alive = [d for d in range(len(devices)) if (level, d) not in failures]
+        samples = np.asarray(preset.levels[level].conductance_samples_S)
+        own = samples[alive.index(int(geometry[pair, j, i]))]
+        # the model interpolates between the two sorted samples around the quantile: the cell's
+        # device is the nearer one, so its sample is within one sample spacing of the target
+        ordered = np.sort(samples)
+        u = 0.5 * (1 + math.erf(float(cells.latent[pair, j, i]) / math.sqrt(2)))
+        position = u * (len(samples) - 1)
+        assert own == ordered[int(round(position))]
+        lo, hi = ordered[int(math.floor(position))], ordered[int(math.ceil(position))]
+        assert lo - 1e-12 <= float(cells.conductance_S[pair, j, i]) <= hi + 1e-12
+
+
+def test_invert_monotone_is_exact_on_the_table_and_refuses_unreachable_targets():
+    x = np.geomspace(0.01, 10, 20)
+    y = 3e-5 * x**0.8
+    np.testing.assert_allclose(export.invert_monotone(x, y, y[[2, 7, 19]]), x[[2, 7, 19]])
+    with pytest.raises(export.DeckError, match="outside what the cell reaches"):
+        export.invert_monotone(x, y, [y[-1] * 1.5])
+
+
+def _run_dir(tmp_path, experiment: str, overrides: list[str] | None = None):
+    config = cfg.load(experiment, overrides)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(cfg.dump(config)))
+    return run, config
+
+
+def test_bad_run_directories_get_clear_errors(tmp_path):
+    with pytest.raises(CosimError, match="no such run directory"):
+        load_run(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CosimError, match=r"no config\.json"):
+        load_run(empty)
+    run, config = _run_dir(tmp_path, "braille_felif_fp_v0")
+    with pytest.raises(CosimError, match="untrained"):
+        load_run(run)
+    torch.save({"model": {"unrelated": torch.zeros(1)}}, run / "best.pt")
+    with pytest.raises(CosimError, match="cannot load the trained weights"):
+        load_run(run)
+    torch.save({"model": models.build(config, 0).state_dict()}, run / "best.pt")
+    _, model, _ = load_run(run)
+    with pytest.raises(CosimError, match="RRAM synapses"):
+        hardware_layer(model)
+    (run / "config.json").write_text("{not json")
+    with pytest.raises(CosimError, match="not a valid run config"):
+        load_run(run)
+
+
+def test_a_network_without_felif_devices_is_refused(tmp_path):
+    run, config = _run_dir(tmp_path, "braille_lif_rram_v0")
+    torch.save({"model": models.build(config, 0).state_dict()}, run / "best.pt")
+    _, model, _ = load_run(run)
+    with pytest.raises(CosimError, match="not FeLIF devices"):
+        hardware_layer(model)
+
+
+def test_export_is_deterministic_for_a_run_and_seed(tmp_path, braille_data):
+    run, config = _run_dir(tmp_path, "braille_felif_rram_v0")
+    torch.save({"model": models.build(config, 0).state_dict()}, run / "best.pt")
+    first = export_run(run, tmp_path / "a", samples=2, jobs=1, seed=5)
+    second = export_run(run, tmp_path / "b", samples=2, jobs=1, seed=5)
+    assert [i["index"] for i in first.items] == [i["index"] for i in second.items]
+    names = sorted(p.name for p in (tmp_path / "a" / "decks").iterdir())
+    assert len(names) == 4  # array read, 2 neuron decks, the first sample's whole circuit
+    for name in names:
+        assert (tmp_path / "a" / "decks" / name).read_text() == (
+            tmp_path / "b" / "decks" / name
+        ).read_text()
+    full = next(n for n in names if n.startswith("full_"))
+    text = (tmp_path / "a" / "decks" / full).read_text()
+    cells = re.findall(r"^xc[pn]\d+_\d+ \S+ \S+ jart_vcm1b ", text, re.M)
+    assert len(cells) == 2 * 128 * 27  # every cell of the output array
+    assert text.count("fgp") == 27 and "gain stage j" in text
