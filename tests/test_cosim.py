@@ -64,7 +64,7 @@ def test_write_verify_reads_the_models_conductances(tiny):
     cells = layer.synapses.rram_cells()
     read = array["current_A"] / array["v_read_V"]
     np.testing.assert_allclose(read, cells.conductance_S.numpy(), rtol=2e-4)
-    assert array["summary"]["verify_rel_error_max"] <= 2e-4
+    assert array["summary"]["read_vs_model_rel_error_max"] <= 2e-4
     # the gain stage reproduces the model's drive: current_scale x gain x W s
     pre = _presynaptic()
     weight = layer.synapses.effective_weight().detach().double().numpy()
@@ -72,6 +72,23 @@ def test_write_verify_reads_the_models_conductances(tiny):
     expected = layer.neurons.current_scale * layer.gain * (pre @ weight.T + offset)
     drive = circuit_drive(pre, array, gains, bias)
     np.testing.assert_allclose(drive, expected, rtol=5e-4, atol=1e-15)
+
+
+def test_programming_transients_give_calibrations_nominal_levels():
+    """--programming transient: each cell in the state its level's SET transient leaves (the
+    nominal cell here), which reads what calibration recorded for the nominal device."""
+    layer = _tiny_layer()
+    array = program_array(layer, jobs=1, programming="transient")
+    levels = layer.synapses.rram_cells().levels.numpy()
+    nominal = [
+        lv.details["nominal_device_conductance_S"] for lv in layer.synapses.rram_preset.levels
+    ]
+    read = array["current_A"] / array["v_read_V"]
+    for level in np.unique(levels):
+        np.testing.assert_allclose(read[levels == level], nominal[level], rtol=2e-3)
+    assert array["summary"]["programming"] == "transient"
+    with pytest.raises(CosimError, match="programming must be one of"):
+        program_array(layer, jobs=1, programming="guess")
 
 
 def test_factorised_circuit_equals_the_whole_circuit_and_the_compact_model(tiny):

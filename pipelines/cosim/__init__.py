@@ -40,7 +40,7 @@ import torch
 
 from bruno import execution
 from pipelines.cosim import compare, export
-from pipelines.cosim.array import program_array
+from pipelines.cosim.array import PROGRAMMING, program_array
 from pipelines.cosim.network import (
     CosimError,
     HardwareLayer,
@@ -93,7 +93,11 @@ def _header(
             f"{array['v_read_V']:g} V for that step (edges {export.EDGE_S:g} s)",
             "  weight W_ji = (G+_ji - G-_ji) x "
             f"{array['weight_per_siemens']:.6g} per S; cells are jart_vcm1b (netlists/"
-            "rram_cell.inc) in the state whose read at v_read gives the model's conductance",
+            + (
+                "rram_cell.inc) in the state whose read at v_read gives the model's conductance"
+                if array["summary"]["programming"] == "verify"
+                else "rram_cell.inc) in the state their level's programming transient leaves"
+            ),
             "  column j+/j- at virtual ground; gain stage j: I_mem_j = gain_j (I_j+ - I_j-), "
             f"gain_j = current_scale {neurons.current_scale:g} A x layer gain {layer.gain:g} "
             f"x {array['weight_per_siemens']:.6g} / v_read x input gain; gain_j = "
@@ -153,6 +157,7 @@ def export_run(
     seed: int = 0,
     full_deck: bool = True,
     membrane_clamp: float | None = None,
+    programming: str = "verify",
 ) -> Export:
     """Program the array and write the decks of ``samples`` samples of ``split`` (a seeded
     choice) under ``target/decks``: deterministic for a given run, split and seed."""
@@ -166,7 +171,7 @@ def export_run(
     (target / "decks").mkdir(parents=True, exist_ok=True)
     overrides, input_gain = neuron_overrides(layer)
     print(f"cosim: programming the array of {run_dir.name} (write-verify in ngspice)", flush=True)
-    array = program_array(layer, jobs)
+    array = program_array(layer, jobs, programming)
     weight_gain = layer.neurons.current_scale * layer.gain * array["weight_per_siemens"]
     gains = weight_gain / array["v_read_V"] * input_gain
     bias_A = bias_current(layer) * input_gain
@@ -268,14 +273,18 @@ def run(
     out: Path = RESULTS_DIR,
     full_deck: bool = True,
     membrane_clamp: float | None = None,
+    programming: str = "verify",
 ) -> dict:
     """The co-simulation of a run (module docstring); returns the summary it writes."""
     from bruno.io import atomic_write_json
 
     run_dir = Path(run_dir)
     name = run_dir.name + ("" if membrane_clamp is None else f"_clamp{membrane_clamp:g}V")
+    name += "" if programming == "verify" else f"_{programming}"
     target = Path(out) / name
-    exported = export_run(run_dir, target, samples, jobs, split, seed, full_deck, membrane_clamp)
+    exported = export_run(
+        run_dir, target, samples, jobs, split, seed, full_deck, membrane_clamp, programming
+    )
     simulate(exported, target, jobs)
     layer, dt = exported.layer, exported.layer.neurons.coarse_dt
     rows = []
@@ -322,6 +331,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--no-full-deck", action="store_true", help="skip the one-deck export")
     parser.add_argument(
+        "--programming",
+        choices=PROGRAMMING,
+        default="verify",
+        help="cell states: write-verify to the model's conductances (verify, default) or each "
+        "level's programming transient, as calibration ran it (transient; written to "
+        "results/cosim/<run>_transient)",
+    )
+    parser.add_argument(
         "--membrane-clamp",
         type=float,
         metavar="V",
@@ -342,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             not args.no_full_deck,
             args.membrane_clamp,
+            args.programming,
         )
     except CosimError as error:
         print(f"cosim: {error}", file=sys.stderr)

@@ -71,72 +71,100 @@ def cell_geometries(synapses, preset) -> tuple[list, np.ndarray]:
     return devices, index
 
 
-def program_array(layer: HardwareLayer, jobs: int | None) -> dict:
-    """Write-verify every distinct cell of the layer's array; the read currents [2, N, M] (A) at
-    the preset's read voltage and how close the verify reads came to the model's conductances."""
+#: How cells get their state: ``verify`` (write-verify to the conductance the trained model
+#: uses) or ``transient`` (the programming transient of the cell's level, as calibration ran it).
+PROGRAMMING = ("verify", "transient")
+
+
+def _program_job(arguments: tuple[float, dict]) -> float:
+    from calibration.rram.cell import program
+    from calibration.rram.common import Device
+
+    i_prog, device = arguments
+    return float(program(i_prog, Device(**device))["n_disc"])
+
+
+def _cell(device, n_disc: float) -> export.Cell:
+    return export.Cell(device.r_fil, device.l_disc, device.ndiscmin, device.ndiscmax, float(n_disc))
+
+
+def _write_verify(devices, distinct: np.ndarray, v_read: float, jobs) -> tuple[np.ndarray, ...]:
+    """N_disc of each distinct (geometry, target conductance): the inverse of the geometry's read
+    table, verified by a read and refined once by a secant step where it misses; the read
+    currents (A) of the final states and the number of refined cells."""
+    used = sorted({int(g) for g in distinct[:, 0]})
+    table_cells, grids = [], {}
+    for g in used:
+        d = devices[g]
+        grids[g] = np.geomspace(d.ndiscmin * 1.02, d.ndiscmax * 0.98, TABLE_POINTS)
+        table_cells += [_cell(d, n) for n in grids[g]]
+    table = _read_all(table_cells, v_read, jobs, "cosim: read tables").reshape(len(used), -1)
+    tables = {g: table[k] / v_read for k, g in enumerate(used)}
+    n_disc = np.empty(len(distinct))
+    for g in used:
+        mask = distinct[:, 0] == g
+        n_disc[mask] = export.invert_monotone(grids[g], tables[g], distinct[mask, 1])
+    cells = [_cell(devices[int(g)], n) for g, n in zip(distinct[:, 0], n_disc, strict=True)]
+    read = _read_all(cells, v_read, jobs, "cosim: verify reads")
+    far = np.flatnonzero(np.abs(read / v_read / distinct[:, 1] - 1) > VERIFY_TOLERANCE)
+    for k in far:  # one secant step on the table's local log-log slope
+        g = int(distinct[k, 0])
+        slopes = np.diff(np.log(tables[g])) / np.diff(np.log(grids[g]))
+        slope = np.interp(np.log(n_disc[k]), np.log(grids[g][1:]), slopes)
+        n_disc[k] *= (distinct[k, 1] * v_read / read[k]) ** (1 / slope)
+    if len(far):
+        again = [_cell(devices[int(distinct[k, 0])], n_disc[k]) for k in far]
+        read[far] = _read_all(again, v_read, jobs, "cosim: refined reads")
+    return n_disc, read, len(far)
+
+
+def program_array(layer: HardwareLayer, jobs: int | None, programming: str = "verify") -> dict:
+    """Give every cell of the layer's array its state (``programming``, :data:`PROGRAMMING`) and
+    read it in ngspice: the read currents [2, N, M] (A) at the preset's read voltage, the cells,
+    and how far their reads are from the conductances the trained model uses."""
+    if programming not in PROGRAMMING:
+        raise CosimError(f"programming must be one of {PROGRAMMING}, got {programming!r}")
     synapses = layer.synapses
     preset = synapses.rram_preset
     v_read = float(preset.read_voltage_V)
     cells = synapses.rram_cells()
     devices, geometry = cell_geometries(synapses, preset)
     target = cells.conductance_S.numpy()
-    keys = np.stack([geometry.ravel(), target.ravel()], axis=1)
+    second = target if programming == "verify" else cells.levels.numpy().astype(float)
+    keys = np.stack([geometry.ravel(), second.ravel()], axis=1)
     distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
-    used = sorted({int(g) for g in distinct[:, 0]})
-    table_cells, table_grid = [], {}
-    for g in used:
-        d = devices[g]
-        grid = np.geomspace(d.ndiscmin * 1.02, d.ndiscmax * 0.98, TABLE_POINTS)
-        table_grid[g] = grid
-        table_cells += [export.Cell(d.r_fil, d.l_disc, d.ndiscmin, d.ndiscmax, n) for n in grid]
-    table = _read_all(table_cells, v_read, jobs, "cosim: read tables").reshape(len(used), -1)
-    table_g = {g: table[k] / v_read for k, g in enumerate(used)}
-    n_disc = np.empty(len(distinct))
-    for g in used:
-        mask = distinct[:, 0] == g
-        n_disc[mask] = export.invert_monotone(table_grid[g], table_g[g], distinct[mask, 1])
-
-    def cell_list(states):
-        return [
-            export.Cell(
-                devices[int(g)].r_fil,
-                devices[int(g)].l_disc,
-                devices[int(g)].ndiscmin,
-                devices[int(g)].ndiscmax,
-                float(n),
-            )
-            for g, n in zip(distinct[:, 0], states, strict=True)
-        ]
-
     refined = 0
-    conductance = _read_all(cell_list(n_disc), v_read, jobs, "cosim: verify reads") / v_read
-    error = conductance / distinct[:, 1] - 1
-    far = np.abs(error) > VERIFY_TOLERANCE
-    if far.any():  # one secant step on the table's local log-log slope
-        refined = int(far.sum())
-        for k in np.flatnonzero(far):
-            g = int(distinct[k, 0])
-            slope = np.interp(
-                np.log(n_disc[k]),
-                np.log(table_grid[g][1:]),
-                np.diff(np.log(table_g[g])) / np.diff(np.log(table_grid[g])),
-            )
-            n_disc[k] *= (distinct[k, 1] / conductance[k]) ** (1 / slope)
-        again = _read_all([cell_list(n_disc)[k] for k in np.flatnonzero(far)], v_read, jobs, None)
-        conductance[far] = again / v_read
-        error = conductance / distinct[:, 1] - 1
+    if programming == "verify":
+        n_disc, read, refined = _write_verify(devices, distinct, v_read, jobs)
+    else:
+        currents = [preset.levels[int(level)].programming_current_A for level in distinct[:, 1]]
+        jobs_list = [
+            (i, devices[int(g)].parameters()) for i, g in zip(currents, distinct[:, 0], strict=True)
+        ]
+        results, failures = execution.run_many(
+            _program_job, jobs_list, workers=jobs, runs_per_worker=8, progress="cosim: program"
+        )
+        if failures:
+            raise CosimError(f"programming transients failed: {failures[0]}")
+        n_disc = np.asarray(results, dtype=float)
+    states = [_cell(devices[int(g)], n) for g, n in zip(distinct[:, 0], n_disc, strict=True)]
+    if programming == "transient":
+        read = _read_all(states, v_read, jobs, "cosim: array read")
     shape = target.shape
+    error = (read / v_read)[inverse].reshape(shape) / target - 1
     return {
         "v_read_V": v_read,
-        "current_A": (conductance * v_read)[inverse].reshape(shape),
-        "cells": [c for c in cell_list(n_disc)],
+        "current_A": read[inverse].reshape(shape),
+        "cells": states,
         "cell_index": inverse.reshape(shape),
         "weight_per_siemens": cells.weight_per_siemens,
         "summary": {
+            "programming": programming,
             "cells": int(target.size),
             "distinct_cells": int(len(distinct)),
-            "device_geometries": len(used),
-            "verify_rel_error_max": float(np.max(np.abs(error))),
+            "device_geometries": len({int(g) for g in distinct[:, 0]}),
+            "read_vs_model_rel_error_max": float(np.max(np.abs(error))),
+            "read_vs_model_rel_error_median": float(np.median(np.abs(error))),
             "refined_cells": refined,
             "n_disc_range": [float(n_disc.min()), float(n_disc.max())],
         },
