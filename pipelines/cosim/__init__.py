@@ -11,7 +11,9 @@ Steps:
    the filament state N_disc whose ngspice read at the preset's read voltage gives it, on the
    cell's device geometry: the nominal cell, or with device variability the Monte-Carlo device
    of the same quantile, i.e. the same draw). The verify reads are the array's currents.
-2. *Simulate K samples*: one deck per sample, the layer's FeLIF netlists driven by the gain stage,
+   ``--programming transient`` instead leaves each cell where its level's SET transient does.
+2. *Simulate K samples*: decks of the layer's FeLIF netlists driven by the gain stage (one per
+   sample, or per group of :data:`NEURONS_PER_DECK` neurons of a wider layer),
    in recycled ngspice workers (:func:`bruno.execution.run_many`) with the netlist's tolerances
    and maximum step, as calibration simulates it. Finished samples are kept and not rerun.
 3. *Compare* per sample three views of the same layer and drive: the trained PyTorch layer
@@ -45,6 +47,7 @@ from pipelines.cosim.network import (
     CosimError,
     HardwareLayer,
     bias_current,
+    compact_membrane,
     compact_spikes,
     hardware_layer,
     load_run,
@@ -118,15 +121,36 @@ def _sample_indices(task, split: str, count: int, seed: int) -> list[int]:
 SAMPLE_KEYS = ("spikes", "v_min_V", "below_clip_s", "points", "wall_s", "deck")
 
 
-def _kept(path: Path, deck: export.NeuronDeck) -> bool:
-    """A finished sample of this very deck (same text) from an earlier run."""
+#: Neurons simulated in one deck: neurons of a layer are independent given their drive, and
+#: ngspice's time step is shared by a deck's neurons (every spike anywhere shortens it), so a
+#: wide layer is split into decks of at most this many.
+NEURONS_PER_DECK = 32
+
+
+def _merge(parts: list[dict]) -> dict:
+    """The results of a sample's decks (neuron groups in order) as one."""
+    merged: dict = {"spikes": [], "v_min_V": [], "below_clip_s": [], "points": 0, "wall_s": 0.0}
+    for part in parts:
+        for key in ("spikes", "v_min_V", "below_clip_s"):
+            merged[key] += part[key]
+        merged["points"] += part["points"]
+        merged["wall_s"] += part["wall_s"]
+    return merged
+
+
+def _sample_digest(decks: list[export.NeuronDeck]) -> str:
+    return _digest("\n".join(deck.text for deck in decks))
+
+
+def _kept(path: Path, decks: list[export.NeuronDeck]) -> bool:
+    """A finished sample of these very decks (same text) from an earlier run."""
     if not path.exists():
         return False
     try:
         kept = json.loads(path.read_text())
     except json.JSONDecodeError:
         return False
-    return all(k in kept for k in SAMPLE_KEYS) and kept["deck"] == _digest(deck.text)
+    return all(k in kept for k in SAMPLE_KEYS) and kept["deck"] == _sample_digest(decks)
 
 
 def _digest(text: str) -> str:
@@ -193,8 +217,16 @@ def export_run(
         presynaptic = ref["presynaptic"][:, 0].double().numpy()
         drive = circuit_drive(presynaptic, array, gains, bias_A)
         note = header + f"\nSample {split}[{index}]."
-        deck = export.neuron_deck(drive, dt, overrides, note, membrane_clamp)
-        atomic_write_text(target / "decks" / f"neurons_{split}{index}.cir", deck.text)
+        decks = []
+        for start in range(0, layer.neurons.size, NEURONS_PER_DECK):
+            group = slice(start, start + NEURONS_PER_DECK)
+            decks.append(
+                export.neuron_deck(drive[:, group], dt, overrides[group], note, membrane_clamp)
+            )
+            suffix = "" if layer.neurons.size <= NEURONS_PER_DECK else f"_n{start}"
+            atomic_write_text(
+                target / "decks" / f"neurons_{split}{index}{suffix}.cir", decks[-1].text
+            )
         if full_deck and membrane_clamp is None and index == indices[0]:
             cells, pick = array["cells"], array["cell_index"]
             whole = export.full_deck(
@@ -213,7 +245,7 @@ def export_run(
         items.append(
             {
                 "index": index,
-                "deck": deck,
+                "decks": decks,
                 "drive": drive,
                 "ref": ref,
                 "label": labels[0] if mask is None else (labels, mask),
@@ -235,7 +267,7 @@ def simulate(exported: Export, target: Path, jobs: int | None = None) -> None:
     pending = [
         item
         for item in exported.items
-        if not _kept(target / "samples" / f"{split}{item['index']}.json", item["deck"])
+        if not _kept(target / "samples" / f"{split}{item['index']}.json", item["decks"])
     ]
     print(
         f"cosim: {len(exported.items)} {split} samples, {len(pending)} to simulate "
@@ -245,23 +277,52 @@ def simulate(exported: Export, target: Path, jobs: int | None = None) -> None:
     chunk = max(1, (jobs or 2) * 2)
     for start in range(0, len(pending), chunk):
         batch = pending[start : start + chunk]
+        work = [
+            (deck, f"cosim {split}[{item['index']}] deck {k}")
+            for item in batch
+            for k, deck in enumerate(item["decks"])
+        ]
         results, failures = execution.run_many(
             _neuron_job,
-            [(item["deck"], f"cosim {split}[{item['index']}]") for item in batch],
+            work,
             workers=jobs,
             runs_per_worker=2,
-            progress=f"cosim ngspice {start + len(batch)}/{len(pending)}",
+            progress=f"cosim ngspice {start + len(batch)}/{len(pending)} samples",
         )
         if failures:
             raise CosimError(
                 "ngspice failed for "
-                + "; ".join(f"{split}[{batch[f.index]['index']}]: {f.error}" for f in failures)
+                + "; ".join(f"{work[f.index][1]}: {f.error}" for f in failures)
             )
-        for item, result in zip(batch, results, strict=True):
+        for item in batch:
+            parts, results = results[: len(item["decks"])], results[len(item["decks"]) :]
             atomic_write_json(
                 target / "samples" / f"{split}{item['index']}.json",
-                {**result, "deck": _digest(item["deck"].text)},
+                {**_merge(parts), "deck": _sample_digest(item["decks"])},
             )
+
+
+def _membranes(exported: Export, row: dict) -> dict:
+    """The membrane of the first sample's neuron whose spike count differs most between ngspice
+    and the compact model, in both (the figure's third panel)."""
+    counts = row["counts"]
+    gap = [abs(s - c) for s, c in zip(counts["spice"], counts["compact"], strict=True)]
+    neuron = int(np.argmax(gap))
+    item = exported.items[0]
+    overrides, _ = neuron_overrides(exported.layer)
+    deck = export.neuron_deck(
+        item["drive"][:, [neuron]], exported.layer.neurons.coarse_dt, [overrides[neuron]]
+    )
+    t_spice, v_spice = export.membrane_trace(deck, 0, f"cosim trace neuron {neuron}")
+    t_compact, v_compact = compact_membrane(item["drive"], exported.layer, neuron)
+    return {
+        "neuron": neuron,
+        "sample": item["index"],
+        "spice": (t_spice, v_spice),
+        "compact": (t_compact, v_compact),
+        "drive_A": item["drive"][:, neuron],
+        "step_s": exported.layer.neurons.coarse_dt,
+    }
 
 
 def run(
@@ -315,7 +376,7 @@ def run(
     summary["membrane_clamp_V"] = membrane_clamp
     atomic_write_json(target / "cosim.json", {**summary, "samples": rows})
     compare.write_csv(target / "samples.csv", rows)
-    compare.figure(target / "cosim.png", rows, run_dir.name)
+    compare.figure(target / "cosim.png", rows, run_dir.name, _membranes(exported, rows[0]))
     return summary
 
 

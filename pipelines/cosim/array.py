@@ -151,10 +151,11 @@ def program_array(layer: HardwareLayer, jobs: int | None, programming: str = "ve
     if programming == "transient":
         read = _read_all(states, v_read, jobs, "cosim: array read")
     shape = target.shape
-    error = (read / v_read)[inverse].reshape(shape) / target - 1
+    conductance = read / v_read
+    error = conductance[inverse].reshape(shape) / target - 1
     return {
         "v_read_V": v_read,
-        "current_A": read[inverse].reshape(shape),
+        "current_A": (conductance * v_read)[inverse].reshape(shape),
         "cells": states,
         "cell_index": inverse.reshape(shape),
         "weight_per_siemens": cells.weight_per_siemens,

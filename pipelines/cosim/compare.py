@@ -174,7 +174,9 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     write_csv(path, flat)
 
 
-def figure(path: Path, rows: list[dict], title: str) -> None:
+def figure(path: Path, rows: list[dict], title: str, membranes: dict) -> None:
+    """Rasters of the first sample, the layer's spikes per sample, and the membrane of the
+    neuron where ngspice and the compact model differ most (with its drive)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,19 +184,19 @@ def figure(path: Path, rows: list[dict], title: str) -> None:
 
     from bruno.io import atomic_save_figure
 
-    fig, (raster, counts) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (raster, counts, membrane) = plt.subplots(1, 3, figsize=(16, 4.2))
     first = rows[0]["spikes"]
-    style = {"model": ("C0", "|", 0.25), "compact": ("C2", "|", 0.0), "spice": ("C3", "|", -0.25)}
-    for view, (color, marker, offset) in style.items():
+    style = {"model": ("C0", 0.25), "compact": ("C2", 0.0), "spice": ("C3", -0.25)}
+    for view, (color, offset) in style.items():
         xs = [t * 1e3 for times in first[view] for t in times]
         ys = [j + offset for j, times in enumerate(first[view]) for _ in times]
-        raster.scatter(xs, ys, s=14, c=color, marker=marker, label=view)
+        raster.scatter(xs, ys, s=14, c=color, marker="|", label=view)
     raster.set_xlabel("time (ms)")
     raster.set_ylabel("neuron")
     raster.set_title(f"sample {rows[0]['index']}: spikes")
     raster.legend(loc="upper right", fontsize=8)
     x = np.arange(len(rows))
-    for view, (color, _, _) in style.items():
+    for view, (color, _) in style.items():
         counts.plot(x, [sum(r["counts"][view]) for r in rows], "o-", ms=3, c=color, label=view)
     if "prediction" in rows[0]:
         wrong = [
@@ -206,11 +208,23 @@ def figure(path: Path, rows: list[dict], title: str) -> None:
             s=60,
             facecolors="none",
             edgecolors="k",
-            label="prediction differs",
+            label="class differs (spice vs model)",
         )
     counts.set_xlabel("sample")
     counts.set_ylabel("spikes of the layer")
     counts.legend(fontsize=8)
+    for view in ("compact", "spice"):
+        t, v = membranes[view]
+        membrane.plot(np.asarray(t) * 1e3, v, c=style[view][0], lw=0.8, label=view)
+    membrane.set_yscale("symlog", linthresh=5.0)
+    membrane.set_xlabel("time (ms)")
+    membrane.set_ylabel("membrane (V; symlog beyond ±5 V)")
+    membrane.set_title(f"sample {membranes['sample']}, neuron {membranes['neuron']}")
+    drive = membrane.twinx()
+    steps = np.arange(len(membranes["drive_A"]) + 1) * membranes["step_s"] * 1e3
+    drive.stairs(np.asarray(membranes["drive_A"]) * 1e9, steps, color="0.6", lw=0.8)
+    drive.set_ylabel("drive (nA)", color="0.4")
+    membrane.legend(loc="lower right", fontsize=8)
     fig.suptitle(
         f"co-simulation {title}: PyTorch model vs compact model (circuit reset) vs ngspice"
     )

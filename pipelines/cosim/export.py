@@ -316,6 +316,13 @@ def spike_times(deck: NeuronDeck, name: str = "neuron deck") -> dict:
     return out
 
 
+def membrane_trace(deck: NeuronDeck, neuron: int = 0, name: str = "trace") -> tuple:
+    """One membrane of a neuron deck as ngspice computes it: (time s, v V)."""
+    analysis = f"tran 1u {deck.duration_s:.9g} 0 {deck.max_step_s:.6g} uic"
+    result = spice.simulate(deck.text, analysis, name=name)
+    return np.asarray(result["time"]), np.asarray(result[f"mem{neuron}"])
+
+
 def invert_monotone(grid_x: np.ndarray, grid_y: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """x with y(x) = target on a monotone increasing table (log-log PCHIP); targets outside the
     table are an error naming the range."""

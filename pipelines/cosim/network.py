@@ -88,7 +88,8 @@ def hardware_layer(model: torch.nn.Module) -> HardwareLayer:
 
 def reference(model: torch.nn.Module, layer: HardwareLayer, inputs: torch.Tensor) -> dict:
     """The PyTorch forward pass, with the hardware layer's input, drive and spikes captured.
-    Read noise of the exported synapses is off (the circuit's cells are deterministic)."""
+    Read noise of the exported synapses is off (the circuit's cells are deterministic); it runs
+    on one thread, so its spikes do not depend on the machine."""
     captured: dict[str, torch.Tensor] = {}
 
     def keep_input(_module, args):
@@ -103,10 +104,15 @@ def reference(model: torch.nn.Module, layer: HardwareLayer, inputs: torch.Tensor
         layer.neurons.register_forward_hook(keep_output),
     ]
     read_noise, layer.synapses.read_noise = layer.synapses.read_noise, False
+    # one thread: a matmul's summation order depends on the thread count, and a last-bit change
+    # can flip a spike at threshold; the decks must not depend on the machine's CPUs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         with torch.no_grad():
             logits, _ = model(inputs)
     finally:
+        torch.set_num_threads(threads)
         layer.synapses.read_noise = read_noise
         for hook in hooks:
             hook.remove()
@@ -159,16 +165,30 @@ def neuron_overrides(layer: HardwareLayer) -> tuple[list[dict[str, float]], np.n
     return overrides, input_gain * base_gain
 
 
-def compact_spikes(drive_A: np.ndarray, layer: HardwareLayer) -> list[list[float]]:
-    """The compact model's spike times under ``drive_A`` [T, N] with reset at the crossing."""
+def _compact(drive_A: np.ndarray, layer: HardwareLayer, neurons_used, record_every: int | None):
     from bruno import device
+    from bruno.felif import FeLIFParameters
 
     neurons = layer.neurons
     p = neurons.neuron_parameters(torch.float64)
+    p = FeLIFParameters(**{f: getattr(p, f)[neurons_used] for f in p.field_names()})
     fine = torch.from_numpy(np.repeat(drive_A, neurons.fine_steps, axis=0)).double()
     dt = neurons.coarse_dt / neurons.fine_steps
-    trace = device.simulate(fine, p, dt=dt, record_every=fine.shape[0])
+    return device.simulate(fine, p, dt=dt, record_every=record_every or fine.shape[0])
+
+
+def compact_spikes(drive_A: np.ndarray, layer: HardwareLayer) -> list[list[float]]:
+    """The compact model's spike times under ``drive_A`` [T, N] with reset at the crossing."""
+    trace = _compact(drive_A, layer, slice(None), None)
     return [list(t) for t in trace.spike_times]
+
+
+def compact_membrane(
+    drive_A: np.ndarray, layer: HardwareLayer, neuron: int, record_every: int = 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """One neuron's compact-model membrane (time s, v V) under its column of ``drive_A``."""
+    trace = _compact(drive_A[:, [neuron]], layer, [neuron], record_every)
+    return trace.time.numpy(), trace.v[:, 0].numpy()
 
 
 def model_spike_times(spikes: torch.Tensor, dt: float) -> list[list[float]]:
