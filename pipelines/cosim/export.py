@@ -230,15 +230,7 @@ def neuron_deck(
             lines.append(
                 f"bcl{j} 0 mem{j} I={{{CLAMP_CONDUCTANCE_S:g}*max({-clamp_V:g}-V(mem{j}),0)}}"
             )
-    lines.append(".save " + " ".join(f"v(mem{j})" for j in range(count)))
-    lines.append(".end")
-    return NeuronDeck(
-        "\n".join(lines) + "\n",
-        count,
-        steps * step_s,
-        felif_max_step(),
-        _thresholds(neuron_overrides),
-    )
+    return _finished(lines, count, steps * step_s, neuron_overrides)
 
 
 def full_deck(
@@ -276,15 +268,16 @@ def full_deck(
         if bias_A is not None and bias_A[j] != 0:
             lines.append(f"ib{j} 0 mem{j} DC {bias_A[j]:.9g}")
         lines.append(f"xn{j} mem{j} {names[j]}")
-    lines.append(".save " + " ".join(f"v(mem{j})" for j in range(count)))
-    lines.append(".end")
-    return NeuronDeck(
-        "\n".join(lines) + "\n",
-        count,
-        steps * step_s,
-        felif_max_step(),
-        _thresholds(neuron_overrides),
-    )
+    return _finished(lines, count, steps * step_s, neuron_overrides)
+
+
+def _finished(
+    lines: list[str], count: int, duration_s: float, neuron_overrides: Sequence[Mapping]
+) -> NeuronDeck:
+    """A deck's lines closed with the saved membranes and ``.end``, as a :class:`NeuronDeck`."""
+    lines = [*lines, ".save " + " ".join(f"v(mem{j})" for j in range(count)), ".end"]
+    text = "\n".join(lines) + "\n"
+    return NeuronDeck(text, count, duration_s, felif_max_step(), _thresholds(neuron_overrides))
 
 
 def _comment(text: str) -> list[str]:
