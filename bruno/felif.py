@@ -18,7 +18,11 @@ from typing import NamedTuple
 import torch
 
 VACUUM_PERMITTIVITY = 8.8541878128e-12  # F/m
-V_CLIP = 5.0  # V; the membrane voltage is clipped to +/- this value
+# V; the membrane voltage is clipped to +/- this value. The negative floor is the compact form of
+# the netlist's clamp junction (netlists/felif.cir: -4.94 V at 0.1 nA to -5.08 V at 20 nA of
+# negative drive); the positive one is never reached by the circuit, whose comparator resets at
+# the threshold, and only bounds the step under inputs far above the working range.
+V_CLIP = 5.0
 # euler_step caps rate*dt at this before exp(-rate*dt): exp(-60) ~ 9e-27 is far below the
 # rounding of P (|P - target| is 0 or >= ulp(Ps)), so values are unchanged, no denormals arise,
 # and torch's exp stays on its fast path (much slower on arguments like -1e7). Same in the kernel.

@@ -15,9 +15,10 @@ def test_stimulus_outside_the_working_range_is_refused():
         F.check_stimulus(F.dc_stimulus(5e-9, 0.01))
     with pytest.raises(F.StimulusRangeError, match="dc_0.01nA"):
         F.compact_runs([F.dc_stimulus(1e-11, 0.01)], [{}])
-    negative = F.Stimulus("negative_pwl", 0.01, times=(0.0, 0.01), currents=(-1e-10, 0.0))
-    with pytest.raises(F.StimulusRangeError, match="negative_pwl"):
+    negative = F.Stimulus("negative_pwl", 0.01, times=(0.0, 0.01), currents=(-30e-9, 0.0))
+    with pytest.raises(F.StimulusRangeError, match=r"negative_pwl.*\[-2e-08, 2e-09\] A"):
         F.spice_run(negative)
+    F.check_stimulus(F.negative_step(-F.I_NEGATIVE_MAX, 1e-3, 1e-9, 0.01))  # the edge is valid
     unsorted = F.Stimulus("unsorted_pwl", 0.01, times=(0.0, 0.005, 0.004), currents=(0, 0, 0))
     with pytest.raises(F.StimulusRangeError, match="increase strictly"):
         F.check_stimulus(unsorted)

@@ -77,6 +77,38 @@ def test_halving_the_maximum_step_moves_spike_times_less_than_half_a_percent(sti
         assert (isi_change / np.diff(fine.spike_times)).max() < 0.005
 
 
+def test_negative_drive_is_clamped_and_recovers_as_the_compact_model_does():
+    """A signed synaptic sum drives the membrane negative: the netlist's clamp junction holds it
+    near the compact model's -5 V floor, and after the drive turns positive both fire together
+    (ngspice is the independent reference; without the clamp the membrane fell to -86 V here and
+    ngspice fired 2.7x later)."""
+    _require_ngspice()
+    from bruno.felif import V_CLIP
+    from bruno.presets import load_felif_preset
+
+    stimulus = F.negative_step(-5e-9, 10e-3, 1.2e-9, 0.035)
+    spice_trace = F.spice_run(stimulus)
+    assert -V_CLIP - 0.1 < spice_trace.v.min() < -V_CLIP + 0.1
+    parameters = load_felif_preset(F.PRESET).to_payload()["parameters"]
+    runs, _ = F.compact_runs([stimulus], [parameters], dtype="float32")
+    compact = runs[0][0]
+    assert compact.v.min() == pytest.approx(-V_CLIP)
+    assert len(spice_trace.spike_times) == len(compact.spike_times) >= 2
+    error = np.abs(compact.spike_times - spice_trace.spike_times) / spice_trace.spike_times
+    assert error.max() < 0.02, error
+
+
+def test_the_clamp_is_off_in_the_positive_range():
+    """Reverse biased, the clamp junction leaks 10 fA: spikes under positive drive are those of
+    the netlist without it (clamp saturation current 1e-30 A) to 1e-4."""
+    _require_ngspice()
+    stimulus = F.dc_stimulus(0.3e-9, 0.05)
+    with_clamp = F.spice_run(stimulus)
+    without = F.spice_run(stimulus, overrides={"clamp_is": 1e-30})
+    assert len(with_clamp.spike_times) == len(without.spike_times) >= 1
+    assert np.allclose(with_clamp.spike_times, without.spike_times, rtol=1e-4)
+
+
 def test_netlist_runs_in_plain_ngspice(tmp_path):
     if shutil.which("ngspice") is None:
         pytest.skip("ngspice executable not on PATH")

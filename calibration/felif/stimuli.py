@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from calibration.felif.common import DT, I_MAX, I_MIN, StimulusRangeError
+from calibration.felif.common import DT, I_MAX, I_MIN, I_NEGATIVE_MAX, StimulusRangeError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +169,20 @@ def spike_train(
     )
 
 
+def negative_step(
+    negative: float, hold: float, positive: float, duration: float, edge: float = 1e-6
+) -> Stimulus:
+    """``negative`` (A, < 0) for ``hold`` s, then ``positive`` (A) to the end: the membrane is
+    driven onto the negative clamp and must then recover and fire as the circuit does."""
+    return Stimulus(
+        name=f"neg_{-negative * 1e9:.3g}nA_{hold * 1e3:.3g}ms_then_{positive * 1e9:.3g}nA",
+        duration=duration,
+        times=(0.0, edge, hold, hold + edge, duration),
+        currents=(0.0, negative, negative, positive, positive),
+        description=f"{negative:.3g} A for {hold:.3g} s, then {positive:.3g} A",
+    )
+
+
 def check_stimulus(stimulus: Stimulus) -> None:
     """Refuse stimuli outside the working range the compact model is calibrated for."""
     where = f"stimulus {stimulus.name!r}"
@@ -193,12 +207,12 @@ def check_stimulus(stimulus: Stimulus) -> None:
         raise StimulusRangeError(f"{where}: PWL times must start at 0 and increase strictly")
     if (
         not np.all(np.isfinite(currents))
-        or currents.min() < 0
+        or currents.min() < -I_NEGATIVE_MAX * (1 + 1e-9)
         or currents.max() > I_MAX * (1 + 1e-9)
     ):
         raise StimulusRangeError(
             f"{where}: currents span [{currents.min():.3g}, {currents.max():.3g}] A; the "
-            f"calibrated range for time-varying inputs is [0, {I_MAX:.3g}] A"
+            f"validated range for time-varying inputs is [{-I_NEGATIVE_MAX:.3g}, {I_MAX:.3g}] A"
         )
 
 
@@ -224,21 +238,31 @@ def training_stimuli(quick: bool) -> list[Stimulus]:
 
 
 def validation_stimuli(quick: bool) -> tuple[list[Stimulus], list[Stimulus]]:
-    """(trace/ISI stimuli, extra f-I levels): held-out DC levels, edges included, and a random
-    spike train; none of them is a training stimulus."""
+    """(trace/ISI stimuli, extra f-I levels): held-out DC levels, edges included, a random
+    spike train, and negative drive (steps onto the clamp, a spike train of signed pulses as a
+    signed synaptic sum makes); none of them is a training stimulus, and calibration never sees
+    a negative input."""
     if quick:
         main = [
             dc_stimulus(0.45e-9, 0.09),
             dc_stimulus(2.0e-9, 0.03),
             spike_train(120.0, 0.08, seed=11),
+            negative_step(-2e-9, 10e-3, 1.2e-9, 0.04),
         ]
         return main, []
+    signed = (-3e-9, 1.5e-9)
     main = [
         dc_stimulus(0.1e-9),
         dc_stimulus(0.27e-9),
         dc_stimulus(0.8e-9),
         dc_stimulus(2.0e-9),
         spike_train(150.0, 0.3, seed=7),
+        negative_step(-0.5e-9, 50e-3, 0.8e-9, 0.1),
+        negative_step(-5e-9, 10e-3, 1.2e-9, 0.06),
+        negative_step(-20e-9, 5e-3, 1.5e-9, 0.04),
+        spike_train(
+            200.0, 0.3, seed=23, amplitude=signed, baseline=0.4e-9, name="signed_spiketrain_seed23"
+        ),
     ]
     extra = [dc_stimulus(i) for i in (0.13e-9, 0.19e-9, 0.45e-9, 1.3e-9)]
     return main, extra

@@ -403,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         "--membrane-clamp",
         type=float,
         metavar="V",
-        help="diagnostic: clamp every membrane above -V (the compact model's clip is 5 V); "
+        help="diagnostic: an ideal clamp holding every membrane above -V (the compact model's "
+        "floor is 5 V; the netlist's own clamp junction sits at 4.94-5.08 V); "
         "written to results/cosim/<run>_clampVV",
     )
     args = parser.parse_args(argv)
