@@ -8,6 +8,10 @@ in a fresh Python process so that its peak memory is its own:
   resident size just before the first training step (model, data and the torch runtime already
   loaded) — the memory the training step itself needs. ``peak_rss_bytes`` is the raw peak.
 * CUDA: ``torch.cuda.max_memory_allocated`` during the steps.
+* Both: ``saved_bytes``, the bytes autograd keeps for backward after one forward pass
+  (:func:`saved_for_backward_bytes`: every tensor packed by a saved-tensor hook, each storage
+  counted once, the model's parameters left out). Peak RSS includes allocator and runtime
+  overhead, which at small sizes hides the algorithm; this measure is the algorithm's own.
 
 Step time is the median over ``repeats`` timed steps after one warm-up step. Where BPTT would need
 more memory than ``--memory-cap-gb``, predicted from a linear fit of its measured memory in T, it is
@@ -69,6 +73,32 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def saved_for_backward_bytes(forward, parameters) -> tuple[object, int]:
+    """Run ``forward()`` under a saved-tensor hook; return (its output, the bytes of the distinct
+    tensor storages autograd saved for backward, parameters excluded).
+
+    Everything ``save_for_backward`` or a built-in op keeps passes the hook (torch's
+    non-reentrant checkpointing installs its own hook inside, so what it recomputes is not
+    counted, which is the point of it; the segment it recomputes lives during backward, and
+    peak memory, not this measure, shows that).
+    """
+    import torch
+
+    skip = {p.untyped_storage().data_ptr() for p in parameters}
+    seen: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        pointer = storage.data_ptr()
+        if pointer not in skip:
+            seen[pointer] = max(seen.get(pointer, 0), storage.nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        output = forward()
+    return output, int(sum(seen.values()))
+
+
 def measure(config: BenchConfig) -> dict:
     """Run ``config`` in this process: warm-up step, then ``repeats`` timed training steps."""
     import torch
@@ -97,6 +127,8 @@ def measure(config: BenchConfig) -> dict:
         optimizer.step()
         return float(loss.detach())
 
+    parameters = list(linear.parameters()) + list(layer.parameters())
+    _, saved = saved_for_backward_bytes(lambda: layer(linear(inputs)), parameters)
     baseline = _current_rss_bytes()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -125,6 +157,7 @@ def measure(config: BenchConfig) -> dict:
         "peak_memory_bytes": peak,
         "peak_rss_bytes": peak_rss,
         "baseline_rss_bytes": baseline if device.type == "cpu" else None,
+        "saved_bytes": saved,
         "step_time_s": statistics.median(times),
         "step_times_s": times,
         "loss": spike_count,
@@ -178,6 +211,7 @@ def extrapolate(measured: list[dict], config: BenchConfig) -> dict | None:
         return None
     xs = [float(r["T"]) for r in same]
     memory = _linear_fit(xs, [float(r["peak_memory_bytes"]) for r in same])
+    saved = _linear_fit(xs, [float(r.get("saved_bytes", 0)) for r in same])
     step = _linear_fit(xs, [float(r["step_time_s"]) for r in same])
     return {
         **dataclasses.asdict(config),
@@ -186,6 +220,7 @@ def extrapolate(measured: list[dict], config: BenchConfig) -> dict | None:
         "n": config.fine_steps,
         "peak_memory_bytes": int(memory[0] * config.steps + memory[1]),
         "peak_rss_bytes": None,
+        "saved_bytes": int(saved[0] * config.steps + saved[1]),
         "step_time_s": step[0] * config.steps + step[1],
         "extrapolated": True,
         "extrapolated_from_T": sorted(int(x) for x in xs),
@@ -308,6 +343,8 @@ def ratios(records: list[dict]) -> list[dict]:
                     record["peak_memory_bytes"] / bptt["peak_memory_bytes"]
                 )
                 row[f"{other}_time_ratio"] = record["step_time_s"] / bptt["step_time_s"]
+            if record and bptt.get("saved_bytes") and "saved_bytes" in record:
+                row[f"{other}_saved_ratio"] = record["saved_bytes"] / bptt["saved_bytes"]
         table.append(row)
     return sorted(table, key=lambda r: (r["H"], r["n"], r["T"]))
 
@@ -392,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "memory_definition": (
             "CPU: peak RSS of the fresh process minus its RSS just before the first training step; "
-            "CUDA: torch.cuda.max_memory_allocated"
+            "CUDA: torch.cuda.max_memory_allocated; saved_bytes: distinct storages autograd keeps "
+            "for backward after one forward (saved-tensor hook), parameters excluded"
         ),
         "records": records,
         "ratios": ratios(records),

@@ -16,6 +16,42 @@ def test_fresh_process_measurement_reports_memory_and_time():
     assert record["peak_rss_bytes"] >= record["baseline_rss_bytes"] > 0
     assert record["peak_memory_bytes"] == record["peak_rss_bytes"] - record["baseline_rss_bytes"]
     assert record["extrapolated"] is False
+    assert record["saved_bytes"] > 0
+
+
+def test_saved_bytes_count_what_autograd_keeps_once_without_parameters():
+    import torch
+
+    x = torch.rand(1000)
+    w = torch.nn.Parameter(torch.rand(1000))
+    # x * w keeps x for w's gradient (4000 B), exp keeps its result (4000 B), sum nothing
+    _, saved = bench.saved_for_backward_bytes(lambda: (x * w).exp().sum(), [w])
+    assert saved == 8000
+    # with x requiring grad: x * x keeps x twice (counted once), (x * x) * w keeps the product
+    # and w (a parameter: not counted)
+    x.requires_grad_(True)
+    _, saved = bench.saved_for_backward_bytes(lambda: (x * x * w).sum(), [w])
+    assert saved == 8000
+
+
+def test_bruno_keeps_a_hundredth_of_what_bptt_keeps_for_backward():
+    """n = 1000 fine steps per coarse step: BPTT keeps every fine step's tensors, BRUNO one
+    Jacobian per coarse step (the issue's <= 0.01 target, here at T = 4)."""
+    import torch
+
+    from bruno.layers import FeLIFLayer
+
+    saved = {}
+    for method in ("bptt", "bruno"):
+        torch.manual_seed(0)
+        linear = torch.nn.Linear(16, 32)
+        layer = FeLIFLayer(32, algorithm=method, fine_steps=1000, seed=0)
+        inputs = (torch.rand(4, 1, 16) < 0.3).float()
+        parameters = list(linear.parameters()) + list(layer.parameters())
+        _, saved[method] = bench.saved_for_backward_bytes(
+            lambda f=layer, g=linear, x=inputs: f(g(x)), parameters
+        )
+    assert 0 < saved["bruno"] <= 0.01 * saved["bptt"], saved
 
 
 def test_failed_configuration_is_reported_not_hidden():
