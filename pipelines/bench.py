@@ -119,27 +119,32 @@ def measure(config: BenchConfig) -> dict:
         .to(device)
     )
 
-    def step() -> float:
+    parameters = list(linear.parameters()) + list(layer.parameters())
+
+    def step(count_saved: bool = False) -> tuple[float, int]:
+        """One training step; with ``count_saved``, also the bytes its forward saved."""
         optimizer.zero_grad(set_to_none=True)
-        spikes = layer(linear(inputs))
+        saved = 0
+        if count_saved:
+            spikes, saved = saved_for_backward_bytes(lambda: layer(linear(inputs)), parameters)
+        else:
+            spikes = layer(linear(inputs))
         loss = (spikes**2).sum()
         loss.backward()
         optimizer.step()
-        return float(loss.detach())
+        return float(loss.detach()), saved
 
-    parameters = list(linear.parameters()) + list(layer.parameters())
-    _, saved = saved_for_backward_bytes(lambda: layer(linear(inputs)), parameters)
     baseline = _current_rss_bytes()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    step()  # warm-up: allocator pools, kernels
+    _, saved = step(count_saved=True)  # warm-up (allocator pools, kernels), untimed
     times = []
     for _ in range(config.repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        spike_count = step()
+        spike_count, _ = step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
