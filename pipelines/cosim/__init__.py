@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         metavar="V",
         help="diagnostic: an ideal clamp holding every membrane above -V (the compact model's "
-        "floor is 5 V; the netlist's own clamp junction sits at 4.94-5.08 V); "
+        "floor is 5 V; the netlist has its own clamp junction near it); "
         "written to results/cosim/<run>_clampVV",
     )
     args = parser.parse_args(argv)

@@ -38,8 +38,8 @@ EDGE_S = 10e-9
 #: The read transient of one cell (as calibration.rram.cell.read): 20 ns at v_read.
 READ_ANALYSIS = "tran 0.1n 20n 0 0.5n uic"
 
-#: How far below -V_CLIP a membrane counts as outside the compact model's range (V): the
-#: netlist's clamp junction holds it at -4.94 to -5.08 V over 0.1-20 nA of negative drive.
+#: How far below -V_CLIP a membrane counts as outside the compact model's range (V): wider than
+#: the spread of the netlist's clamp junction over its validated drive (netlists/felif.cir).
 CLIP_MARGIN_V = 0.25
 #: Conductance of the diagnostic membrane clamp (S): 30 nA of drive overshoots it by 30 mV.
 CLAMP_CONDUCTANCE_S = 1e-6
