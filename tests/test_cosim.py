@@ -234,3 +234,24 @@ def test_export_is_deterministic_for_a_run_and_seed(tmp_path, braille_data):
     cells = re.findall(r"^xc[pn]\d+_\d+ \S+ \S+ jart_vcm1b ", text, re.M)
     assert len(cells) == 2 * 128 * 27  # every cell of the output array
     assert text.count("fgp") == 27 and "gain stage j" in text
+
+
+def test_a_smaller_k_reuses_what_a_stopped_larger_run_finished():
+    """Samples are chosen and simulated as a prefix of one seeded permutation, and a kept
+    result is keyed by the circuit alone (not the header), so stopping a K = 50 run after n
+    samples and asking for K <= n reuses all of them."""
+    from pipelines.cosim import _sample_digest, _sample_indices
+
+    class Task:
+        def size(self, split):
+            return 1080
+
+    large = _sample_indices(Task(), "test", 50, seed=0)
+    small = _sample_indices(Task(), "test", 12, seed=0)
+    assert small == large[:12] and len(set(large)) == 50
+    assert large != sorted(large)  # not re-sorted, or a prefix would not be a prefix
+    body = "Xn0 m0 felif\nI0 0 m0 PWL(0 0 1m 1n)\n.end"
+    a = export.NeuronDeck("* run a\n* gains 1 .. 2\n" + body, 1, 1e-3, 1e-6, (2.5,))
+    b = export.NeuronDeck("* run b, K = 12\n" + body, 1, 1e-3, 1e-6, (2.5,))
+    c = export.NeuronDeck("* run a\n" + body.replace("1n", "2n"), 1, 1e-3, 1e-6, (2.5,))
+    assert _sample_digest([a]) == _sample_digest([b]) != _sample_digest([c])

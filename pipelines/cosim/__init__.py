@@ -112,9 +112,12 @@ def _header(
 
 
 def _sample_indices(task, split: str, count: int, seed: int) -> list[int]:
+    """The first ``count`` samples of a seeded permutation of ``split``, in that order: the
+    choice for K is a prefix of the choice for any larger K, and samples are simulated in this
+    order, so a stopped run's finished samples are exactly what a smaller K asks for."""
     total = task.size(split)
     order = np.random.default_rng(seed).permutation(total)
-    return sorted(int(k) for k in order[: min(count, total)])
+    return [int(k) for k in order[: min(count, total)]]
 
 
 #: What a kept sample file must hold (a file of an older format is simulated again).
@@ -139,7 +142,15 @@ def _merge(parts: list[dict]) -> dict:
 
 
 def _sample_digest(decks: list[export.NeuronDeck]) -> str:
-    return _digest("\n".join(deck.text for deck in decks))
+    """The decks' circuit: every line but comments (``*``), so the kept result of a sample is
+    reused whenever the circuit simulated is the same, whatever the header says about the run."""
+    circuit = [
+        line
+        for deck in decks
+        for line in deck.text.splitlines()
+        if line.strip() and not line.lstrip().startswith("*")
+    ]
+    return _digest("\n".join(circuit))
 
 
 def _kept(path: Path, decks: list[export.NeuronDeck]) -> bool:
