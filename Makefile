@@ -14,6 +14,12 @@ GROUP ?= braille
 RUN ?=
 JOBS ?= $(shell nproc)
 ARGS ?=
+# A user's device directory (a name under devices/, or a path; README "Your own device"): calibrate,
+# validate, train and cosim then use its netlists and presets. Empty: the shipped device.
+DEVICE ?=
+ifneq ($(strip $(DEVICE)),)
+export BRUNO_DEVICE := $(DEVICE)
+endif
 # Scratch directory of `make smoke` (its presets, reports, runs); removed by `make clean`.
 SMOKE_DIR ?= results/smoke
 # The fused kernel's build directory (bruno/kernels/build.py: $BRUNO_NATIVE_DIR or bruno/kernels/build).
@@ -23,7 +29,7 @@ NATIVE_BUILD ?= $(or $(BRUNO_NATIVE_DIR),bruno/kernels/build)
 export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup native test lint smoke calibrate validate train sweep bench report diagnose cosim clean
+.PHONY: all setup native test lint smoke calibrate validate train sweep bench report diagnose cosim devices clean
 
 # The stages run one after another even under `make -j`: each needs the previous one's output.
 all: setup  ## the main job: calibrate -> validate -> train (default experiment) -> report
@@ -72,6 +78,9 @@ diagnose: setup  ## BRUNO's gradient vs BPTT's on one batch: make diagnose ARGS=
 cosim: setup  ## a trained run as a circuit in ngspice vs PyTorch: make cosim RUN=results/train/<run>
 	@test -n "$(RUN)" || { echo "make cosim: give RUN=results/train/<run> (a trained run directory)" >&2; exit 2; }
 	$(PY) -m pipelines cosim $(RUN) --jobs $(JOBS) $(ARGS)
+
+devices: setup  ## the devices side by side (shipped + devices/*): parameters, validation, accuracy
+	$(PY) -m pipelines devices $(ARGS)
 
 report: setup  ## gather results/train/* into tables and figures
 	$(PY) -m pipelines report $(ARGS)

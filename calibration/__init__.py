@@ -10,9 +10,10 @@ Every device module offers the same two stages, which ``python -m calibration`` 
 
 Where things go (:func:`presets_location`, :func:`reports_location`): a full run writes the presets
 the trainer reads (``$BRUNO_PRESETS_DIR``, else the committed ``bruno/presets``) and its
-reports to ``results/validation``. A ``quick`` run (fewer stimuli and devices: a smoke test) writes
-under ``results/quick/`` unless told otherwise, and never over the committed presets, so
-``validate --quick`` checks exactly what ``calibrate --quick`` wrote.
+reports to ``results/validation``; for a user's device directory (:mod:`bruno.devices`) its
+``presets/`` and ``validation/``. A ``quick`` run (fewer stimuli and devices: a smoke test) writes
+under ``results/quick/`` (a device directory's ``quick/``) unless told otherwise, and never
+over the committed presets, so ``validate --quick`` checks exactly what ``calibrate --quick`` wrote.
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ ROOT = Path(__file__).resolve().parent.parent
 # The committed presets of the shipped device are the trainer's package data (bruno/presets).
 COMMITTED_PRESETS = Path(importlib.util.find_spec("bruno.presets").origin).parent
 QUICK_ROOT = ROOT / "results" / "quick"
+
+
+def _quick_root() -> Path:
+    """Where quick runs write: ``results/quick``, or ``quick/`` in a chosen device directory."""
+    from bruno import devices
+
+    chosen = devices.device_dir()
+    return QUICK_ROOT if chosen is None else chosen / "quick"
+
+
 DEVICES = ("felif", "rram")
 
 
@@ -41,7 +52,7 @@ def presets_location(
     """The preset directory a stage reads, or writes (``writing``); see the module docstring."""
     if presets_dir is None:
         if quick:
-            return QUICK_ROOT / "presets"
+            return _quick_root() / "presets"
         from bruno.presets import presets_dir as trainer_presets
 
         return trainer_presets()
@@ -56,6 +67,10 @@ def presets_location(
 
 def reports_location(quick: bool, reports_dir: str | Path | None = None) -> Path:
     """The directory for validation reports and figures."""
+    from bruno import devices
+
     if reports_dir is not None:
         return Path(reports_dir)
-    return QUICK_ROOT / "validation" if quick else ROOT / "results" / "validation"
+    if quick:
+        return _quick_root() / "validation"
+    return devices.reports_dir() or ROOT / "results" / "validation"

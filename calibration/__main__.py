@@ -1,4 +1,5 @@
-"""`python -m calibration {calibrate,validate} [felif] [rram] [--quick] [--presets D] [--reports D]`
+"""`python -m calibration {calibrate,validate} [felif] [rram] [--quick] [--device D] [--presets D]
+[--reports D]`
 
 Runs a stage for the named devices (default: both). Every device module has the same interface
 and default locations (:mod:`calibration`): ``calibrate`` writes ``<presets>/<device>.json``,
@@ -14,6 +15,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from bruno import devices as device_dirs
 from bruno.presets import PresetError
 from calibration import DEVICES, CalibrationError, CalibrationLocationError
 
@@ -36,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
         "$BRUNO_PRESETS_DIR or bruno/presets; with --quick results/quick/presets)",
     )
     parser.add_argument(
+        "--device",
+        help="a device directory (devices/<name> or a path) whose netlists to calibrate; presets "
+        "and reports then go to its presets/ and validation/ (default: $BRUNO_DEVICE, else the "
+        "shipped device in netlists/)",
+    )
+    parser.add_argument(
         "--reports",
         type=Path,
         help="validation reports and figures (default results/validation; with --quick "
@@ -50,7 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [d for d in args.devices if d not in DEVICES]
     if unknown:
         parser.error(f"unknown device(s) {', '.join(unknown)}; choose from {', '.join(DEVICES)}")
+    try:
+        chosen = device_dirs.use(args.device) if args.device else device_dirs.device_dir()
+    except device_dirs.DeviceError as error:
+        parser.error(str(error))
     devices = list(dict.fromkeys(args.devices)) or list(DEVICES)
+    if chosen is not None and not args.devices:  # only what the device directory brings
+        for kind in [d for d in devices if not device_dirs.owns(d)]:
+            print(
+                f"calibration: {chosen} takes the {kind} netlists from the shipped device; "
+                f"skipping {kind} (the committed {kind} preset applies)"
+            )
+            devices.remove(kind)
     failed = []
     for device in devices:
         module = importlib.import_module(f"calibration.{device}")

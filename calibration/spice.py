@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from bruno import devices
 from calibration import CalibrationError
-
-NETLIST_DIR = Path(__file__).resolve().parent.parent / "netlists"
 
 _ANALYSIS_LINE = re.compile(r"^\s*\.(tran|dc|op|ac|noise)\b", re.IGNORECASE)
 _PARAM_LINE = re.compile(r"^\s*\.param\s+(.*)$", re.IGNORECASE)
@@ -132,11 +131,18 @@ def _ngspice() -> Any:
     return _instance
 
 
-def read_netlist(path: str | Path) -> str:
-    """The text of a deck; a bare name is looked up in ``netlists/``."""
+def netlist_path(path: str | Path) -> Path:
+    """A deck's file: an existing path as it is; a bare name is the chosen device's netlist
+    (:mod:`bruno.devices`)."""
     path = Path(path)
     if not path.exists() and not path.is_absolute():
-        path = NETLIST_DIR / path
+        path = devices.netlist_path(str(path))
+    return path
+
+
+def read_netlist(path: str | Path) -> str:
+    """The text of a deck (:func:`netlist_path`) with its includes inlined."""
+    path = netlist_path(path)
     if not path.exists():
         raise SpiceError(f"netlist {path} does not exist")
     return _inline_includes(path.read_text(), path.parent)
@@ -149,6 +155,8 @@ def _inline_includes(deck: str, base: Path) -> str:
         match = _INCLUDE_LINE.match(line)
         if match and match.group(1).lower() in ("include", "inc"):
             included = (base / match.group(2)).resolve()
+            if not included.exists():  # a device directory may take the shipped include
+                included = devices.netlist_path(match.group(2))
             if not included.exists():
                 raise SpiceError(f"{line.strip()!r}: {included} does not exist")
             body = _inline_includes(included.read_text(), included.parent)

@@ -72,6 +72,19 @@ def resolve(raw: dict, name: str | None = None) -> AnyExperiment:
         raise ConfigError("invalid config:\n  " + "\n  ".join(_errors(error))) from None
 
 
+def use_device(config: AnyExperiment) -> AnyExperiment:
+    """Make the config's device (else ``$BRUNO_DEVICE``, else the shipped one) this process's
+    device (:mod:`bruno.devices`) and return the config naming it, so the run records what it
+    used. A device that is not a usable directory raises :class:`bruno.devices.DeviceError`."""
+    import os
+
+    from bruno import devices
+
+    spec = config.device or os.environ.get(devices.ENV)
+    directory = devices.use(spec) if spec else None
+    return config.model_copy(update={"device": devices.recorded(directory)})
+
+
 def dump(config: AnyExperiment) -> dict[str, Any]:
     """The resolved config as JSON data (``config.json``); :func:`resolve` reads it back."""
     return config.model_dump(mode="json")

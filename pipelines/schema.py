@@ -218,6 +218,12 @@ class Experiment(Section):
     description: str = ""
     group: str
     seeds: list[Annotated[int, Field(ge=0)]] = [0]
+    device: str | None = Field(
+        None,
+        description="the device whose calibrated presets the network uses: a device directory "
+        "(a name under devices/ or a path); null: $BRUNO_DEVICE (make DEVICE=...), else the "
+        "shipped device. A run records the device it used here.",
+    )
     optim: Optim = Optim()
 
     @field_validator("seeds")

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bruno import devices
 from pipelines import config as cfg
 from pipelines import datasets as ds
 from pipelines import loop, models
@@ -347,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = cfg.load(args.experiment, args.overrides)
     except cfg.ConfigError as error:
+        print(f"train: {error}", file=sys.stderr)
+        return 2
+    try:
+        config = cfg.use_device(config)
+    except devices.DeviceError as error:
         print(f"train: {error}", file=sys.stderr)
         return 2
     seeds = args.seed or config.seeds

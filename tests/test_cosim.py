@@ -17,6 +17,7 @@ from bruno.synapses import SynapticLinear
 from pipelines import config as cfg
 from pipelines import models
 from pipelines.cosim import (
+    NEURONS_PER_DECK,
     CosimError,
     HardwareLayer,
     _neuron_job,
@@ -224,7 +225,8 @@ def test_export_is_deterministic_for_a_run_and_seed(tmp_path, braille_data):
     second = export_run(run, tmp_path / "b", samples=2, jobs=1, seed=5)
     assert [i["index"] for i in first.items] == [i["index"] for i in second.items]
     names = sorted(p.name for p in (tmp_path / "a" / "decks").iterdir())
-    assert len(names) == 4  # array read, 2 neuron decks, the first sample's whole circuit
+    per_sample = math.ceil(27 / NEURONS_PER_DECK)  # 27 FeLIF outputs in decks of at most that
+    assert len(names) == 2 + 2 * per_sample  # array read, neuron decks, the first whole circuit
     for name in names:
         assert (tmp_path / "a" / "decks" / name).read_text() == (
             tmp_path / "b" / "decks" / name

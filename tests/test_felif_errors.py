@@ -50,8 +50,10 @@ def test_netlist_that_does_not_converge_names_deck_and_node(tmp_path):
     except spice.NgspiceNotFoundError as error:
         pytest.skip(str(error))
     # an algebraic loop with no solution: v = (v > 0.5 ? 0 : 1)
-    deck = F.NETLIST.read_text().replace(
-        "\n.tran ", "\nBbad bad 0 V={V(bad) > 0.5 ? 0 : 1}\nRbad bad 0 1k\n.tran ", 1
+    deck = (
+        spice.netlist_path(F.NETLIST)
+        .read_text()
+        .replace("\n.tran ", "\nBbad bad 0 V={V(bad) > 0.5 ? 0 : 1}\nRbad bad 0 1k\n.tran ", 1)
     )
     bad = tmp_path / "felif_broken.cir"
     bad.write_text(deck)
@@ -66,9 +68,8 @@ def test_netlist_that_does_not_converge_names_deck_and_node(tmp_path):
 def test_unknown_parameter_override_and_missing_input_line(tmp_path):
     with pytest.raises(spice.SpiceError, match="not_a_param"):
         F.spice_deck(F.dc_stimulus(1e-9, 0.01), overrides={"not_a_param": 1.0})
-    deck = "\n".join(
-        ln for ln in F.NETLIST.read_text().splitlines() if not ln.lower().startswith("iin ")
-    )
+    shipped = spice.netlist_path(F.NETLIST).read_text()
+    deck = "\n".join(ln for ln in shipped.splitlines() if not ln.lower().startswith("iin "))
     path = tmp_path / "no_input.cir"
     path.write_text(deck)
     with pytest.raises(spice.SpiceError, match="input source line"):

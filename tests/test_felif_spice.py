@@ -112,7 +112,7 @@ def test_the_clamp_is_off_in_the_positive_range():
 def test_netlist_runs_in_plain_ngspice(tmp_path):
     if shutil.which("ngspice") is None:
         pytest.skip("ngspice executable not on PATH")
-    deck = F.NETLIST.read_text().replace("t_stop=60e-3", "t_stop=45e-3")
+    deck = spice.netlist_path(F.NETLIST).read_text().replace("t_stop=60e-3", "t_stop=45e-3")
     path = tmp_path / "felif.cir"
     path.write_text(deck)
     out = subprocess.run(
@@ -150,7 +150,7 @@ def test_every_device_value_is_a_param():
         "t_max",
     ):
         assert name in params, name
-    text = F.NETLIST.read_text().lower()
+    text = spice.netlist_path(F.NETLIST).read_text().lower()
     assert ".options reltol=" in text and "abstol=" in text
 
 

@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from bruno import execution
+from bruno import devices, execution
 from calibration import rram, spice
 
 # ------------------------------------------------------------------ bad input (no SPICE)
@@ -183,7 +183,11 @@ def test_small_monte_carlo_runs_in_worker_processes():
 @pytest.mark.parametrize("deck, key", [("rram.cir", "n_final"), ("rram_read.cir", "g_read")])
 def test_decks_run_in_plain_ngspice(deck, key):
     out = subprocess.run(
-        ["ngspice", "-b", deck], cwd=spice.NETLIST_DIR, capture_output=True, text=True, timeout=60
+        ["ngspice", "-b", deck],
+        cwd=devices.SHIPPED_NETLISTS,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     line = [ln for ln in out.stdout.splitlines() if ln.strip().startswith(key)]
     assert line, out.stdout[-2000:] + out.stderr[-2000:]

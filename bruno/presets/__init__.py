@@ -23,7 +23,8 @@ standard errors and correlations in fit units, read back with ``Parameters.loads
 uncertainties` and :attr:`FeLIFPreset.correlations` are derived from them.
 
 Where presets live (:func:`presets_dir`): ``$BRUNO_PRESETS_DIR`` when set (a preset missing there
-is an error), else this package's directory, which holds the calibrated presets of the shipped
+is an error), else a chosen device directory's ``presets/`` (:mod:`bruno.devices`; missing there
+is an error too), else this package's directory, which holds the calibrated presets of the shipped
 device (package data, written by ``make calibrate``). Without a preset file the defaults apply:
 SPEC §3 for FeLIF and :data:`FALLBACK_RRAM_LEVELS_S` for RRAM (``source = "fallback"``), so that
 everything runs before calibration."""
@@ -37,6 +38,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bruno import devices
 from bruno.felif import FeLIFParameters
 
 FELIF_SCHEMA = "bruno.felif-preset"
@@ -70,9 +72,23 @@ COMMITTED_DIR = Path(__file__).resolve().parent
 
 
 def presets_dir() -> Path:
-    """``$BRUNO_PRESETS_DIR`` or :data:`COMMITTED_DIR` (module docstring)."""
+    """``$BRUNO_PRESETS_DIR``, else the chosen device directory's ``presets/``
+    (:mod:`bruno.devices`), else :data:`COMMITTED_DIR` (module docstring)."""
     override = os.environ.get("BRUNO_PRESETS_DIR")
-    return Path(override) if override else COMMITTED_DIR
+    if override:
+        return Path(override)
+    return devices.presets_dir() or COMMITTED_DIR
+
+
+def _default_path(device: str) -> Path:
+    """The preset ``path=None`` reads: in :func:`presets_dir`; but a device directory that takes
+    every ``device`` netlist from the shipped device and has no preset of its own takes the
+    committed one (the same circuit calibrates to the same preset)."""
+    path = presets_dir() / f"{device}.json"
+    chosen = devices.presets_dir()
+    if not path.exists() and path.parent == chosen and not devices.owns(device):
+        return COMMITTED_DIR / path.name
+    return path
 
 
 class PresetError(ValueError):
@@ -81,7 +97,13 @@ class PresetError(ValueError):
 
 def _require_if_chosen(path: Path) -> None:
     """A preset directory the user chose ($BRUNO_PRESETS_DIR) must hold the preset: falling back
-    to defaults there would train on devices nobody calibrated without saying so."""
+    to defaults there would train on devices nobody calibrated without saying so. So must a
+    chosen device directory."""
+    if devices.device_dir() is not None and not os.environ.get("BRUNO_PRESETS_DIR"):
+        raise PresetError(
+            f"{path}: device {devices.device_dir()} is not calibrated yet; run "
+            f"`make calibrate DEVICE={devices.device_dir()}` first"
+        )
     if os.environ.get("BRUNO_PRESETS_DIR"):
         raise PresetError(
             f"{path}: no such preset in $BRUNO_PRESETS_DIR; calibrate into that directory "
@@ -239,7 +261,7 @@ def validate_felif_parameters(p: FeLIFParameters, where: str = "FeLIF parameters
 def load_felif_preset(path: str | Path | None = None) -> FeLIFPreset:
     """The full FeLIF preset (see the module docstring for which file ``path=None`` reads)."""
     if path is None:
-        path = presets_dir() / "felif.json"
+        path = _default_path("felif")
         if not path.exists():
             _require_if_chosen(path)
             return FeLIFPreset(parameters=FeLIFParameters())
@@ -359,7 +381,7 @@ def fallback_rram_preset() -> RRAMPreset:
 def load_rram_preset(path: str | Path | None = None) -> RRAMPreset:
     """RRAM levels from ``path``, the committed calibrated preset, or the documented fallback."""
     if path is None:
-        path = presets_dir() / "rram.json"
+        path = _default_path("rram")
         if not path.exists():
             _require_if_chosen(path)
             return fallback_rram_preset()

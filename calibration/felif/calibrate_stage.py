@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from bruno import devices
 from calibration import (
     presets_location,
     spice,
@@ -86,6 +87,9 @@ def calibrate(
     (locations: :mod:`calibration`) and return its path."""
     import lmfit
 
+    from calibration import contract
+
+    contract.check("felif.cir", netlist)
     output = presets_location(quick, presets_dir, writing=True) / PRESET_NAME
     stimuli = training_stimuli(quick)
     fixed = design_parameters(netlist)
@@ -208,7 +212,8 @@ def calibrate(
             "wall_s": {"ngspice": spice_wall, "compact": problem.compact_wall},
         },
         provenance={
-            "netlist": display_path(netlist),
+            "device": devices.device_name(),
+            "netlist": display_path(spice.netlist_path(netlist)),
             "netlist_sha256": spice.netlist_hash(netlist),
             "stimuli": [s.describe() for s in stimuli],
             "spice_spike_times_s": {

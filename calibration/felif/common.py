@@ -10,10 +10,9 @@ from bruno.presets import PresetError  # noqa: F401  (the one preset error; re-e
 from calibration import (
     COMMITTED_PRESETS,
     CalibrationError,
-    spice,
 )
 
-NETLIST = spice.NETLIST_DIR / "felif.cir"
+NETLIST = "felif.cir"  # the chosen device's (bruno.devices); a path is taken as it is
 PRESET_NAME = "felif.json"
 PRESET = COMMITTED_PRESETS / PRESET_NAME  # the committed preset of the shipped device
 

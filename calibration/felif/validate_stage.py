@@ -55,6 +55,9 @@ def validate(
 ) -> bool:
     """Compact model (``<presets_dir>/felif.json``) vs ngspice on held-out stimuli; writes
     ``<reports_dir>/felif.json`` and figures; True if within targets."""
+    from calibration import contract
+
+    contract.check("felif.cir", netlist)
     preset = presets_location(quick, presets_dir) / PRESET_NAME
     output_dir = reports_location(quick, reports_dir)
     payload = load_preset(preset).to_payload()

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bruno import presets
+from bruno import devices, presets
 from calibration import (
     presets_location,
     spice,
 )
-from calibration.provenance import now_utc, versions
+from calibration.provenance import display_path, now_utc, versions
 from calibration.rram.cell import _report_failures, corner_devices, monte_carlo, run_jobs, sweep
 from calibration.rram.common import (
     BOUNDS,
@@ -49,6 +49,10 @@ def _curve(rows: Sequence[Mapping[str, float] | None]) -> list[float | None]:
 def calibrate(quick: bool = False, presets_dir: str | Path | None = None) -> Path:
     """Sweep, fit, pick the 3-bit levels, Monte-Carlo them; write ``<presets_dir>/rram.json``
     (atomic JSON) and return its path. ``quick`` (smoke run): fewer sweep points and devices."""
+    from calibration import contract
+
+    for name in ("rram.cir", "rram_read.cir", "rram_cell.inc"):
+        contract.check(name)
     target = presets_location(quick, presets_dir, writing=True) / PRESET_NAME
     started = time.time()
     devices_per_state = 12 if quick else 100
@@ -101,7 +105,7 @@ def calibrate(quick: bool = False, presets_dir: str | Path | None = None) -> Pat
     stds = [lv["conductance_std_S"] for lv in levels]
     seps = separations(means, stds)
     retries = sum(int(r.get("retries", 0)) for rows in raw for r in rows if r)
-    deck_name = spice.NETLIST_DIR / NETLIST
+    deck_name = devices.netlist_path(NETLIST)
     payload = {
         "schema": f"{presets.RRAM_SCHEMA}/{presets.SUPPORTED_MAJOR}",
         "device": "rram",
@@ -139,10 +143,11 @@ def calibrate(quick: bool = False, presets_dir: str | Path | None = None) -> Pat
             "useful_current_range_A": [I_PROG_MIN, I_PROG_MAX],
         },
         "provenance": {
-            "netlist": f"netlists/{NETLIST}",
+            "device": devices.device_name(),
+            "netlist": display_path(deck_name),
             "netlist_sha256": spice.netlist_hash(deck_name),
-            "read_netlist": f"netlists/{READ_NETLIST}",
-            "read_netlist_sha256": spice.netlist_hash(spice.NETLIST_DIR / READ_NETLIST),
+            "read_netlist": display_path(devices.netlist_path(READ_NETLIST)),
+            "read_netlist_sha256": spice.netlist_hash(devices.netlist_path(READ_NETLIST)),
             "versions": versions(),
             "created_utc": now_utc(),
             "quick": quick,

@@ -40,6 +40,10 @@ def validate(
     writes ``<reports_dir>/rram.json`` and figures; True when within tolerance."""
     from scipy.stats import ks_2samp, norm
 
+    from calibration import contract
+
+    for name in ("rram.cir", "rram_read.cir", "rram_cell.inc"):
+        contract.check(name)
     started = time.time()
     preset_path = presets_location(quick, presets_dir) / PRESET_NAME
     output_dir = reports_location(quick, reports_dir)

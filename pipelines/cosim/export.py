@@ -30,8 +30,8 @@ import numpy as np
 
 from calibration import spice
 
-FELIF_NETLIST = spice.NETLIST_DIR / "felif.cir"
-RRAM_CELL = spice.NETLIST_DIR / "rram_cell.inc"
+FELIF_NETLIST = "felif.cir"  # the chosen device's netlists (bruno.devices)
+RRAM_CELL = "rram_cell.inc"
 #: Rise/fall time of a row read pulse and of the gain stage's output steps (s): short against a
 #: coarse step (1 ms), long against the cell's thermal time constant (1 ns).
 EDGE_S = 10e-9
@@ -87,12 +87,12 @@ def _cell_model() -> str:
     return spice.read_netlist(RRAM_CELL).rstrip()
 
 
-def felif_options(netlist: Path = FELIF_NETLIST) -> list[str]:
+def felif_options(netlist: str | Path = FELIF_NETLIST) -> list[str]:
     """The netlist's ``.options`` lines: the solver tolerances calibration simulated it with."""
     return _OPTIONS.findall(spice.read_netlist(netlist))
 
 
-def felif_max_step(netlist: Path = FELIF_NETLIST) -> float:
+def felif_max_step(netlist: str | Path = FELIF_NETLIST) -> float:
     """The netlist's maximum time step (``.param t_max``), as calibration uses it."""
     value = spice.deck_parameters(spice.read_netlist(netlist)).get("t_max")
     if value is None:
@@ -101,7 +101,7 @@ def felif_max_step(netlist: Path = FELIF_NETLIST) -> float:
 
 
 def felif_subcircuit(
-    name: str, overrides: Mapping[str, float] | None = None, netlist: Path = FELIF_NETLIST
+    name: str, overrides: Mapping[str, float] | None = None, netlist: str | Path = FELIF_NETLIST
 ) -> str:
     """The FeLIF netlist as ``.subckt <name> mem``: its devices and .params, without its input
     source, analysis, measurements and options. ``overrides`` set .param values (per neuron)."""

@@ -47,9 +47,11 @@ def load_run(run_dir: Path) -> tuple[Any, torch.nn.Module, str]:
         )
     try:
         raw = json.loads(config_file.read_text())
-        config = cfg.resolve(raw, name=raw.get("name"))
+        config = cfg.use_device(cfg.resolve(raw, name=raw.get("name")))
     except (json.JSONDecodeError, cfg.ConfigError) as error:
         raise CosimError(f"{config_file}: not a valid run config: {error}") from None
+    except ValueError as error:  # the run's device directory (bruno.devices.DeviceError)
+        raise CosimError(f"{config_file}: {error}") from None
     model = models.build(config, config.seeds[0])
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
