@@ -163,3 +163,22 @@ def test_make_clean_removes_results_and_the_native_build(tmp_path):
     assert out.returncode == 0, out.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "bruno/kernels/build").exists()
     assert all(path.exists() for path in kept)
+
+
+def test_make_device_reaches_every_stage(tmp_path):
+    """`make ... DEVICE=dir` works on that directory: a broken netlist there is refused by name
+    (not the shipped one calibrated instead), and an uncalibrated device cannot be validated."""
+    from bruno import devices
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    text = (devices.SHIPPED_NETLISTS / "felif.cir").read_text()
+    (broken / "felif.cir").write_text(text.replace(" vthr=2.5", ""))
+    out = _make("calibrate", f"DEVICE={broken}", "ARGS=felif --quick")
+    assert out.returncode != 0 and ".param vthr" in out.stderr and str(broken) in out.stderr
+    fine = tmp_path / "fine"
+    fine.mkdir()
+    (fine / "felif.cir").write_text(text)
+    out = _make("validate", f"DEVICE={fine}", "ARGS=felif")
+    assert out.returncode != 0 and "not calibrated yet" in out.stderr
+    assert not (fine / "presets").exists()

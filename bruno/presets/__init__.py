@@ -116,6 +116,12 @@ def _read(path: Path, schema: str, device: str) -> dict[str, Any]:
     try:
         payload = json.loads(Path(path).read_text())
     except FileNotFoundError:
+        chosen = devices.device_dir()
+        if chosen is not None and Path(path).parent == chosen / "presets":
+            raise PresetError(
+                f"{path}: device {chosen} is not calibrated yet; run "
+                f"`make calibrate DEVICE={chosen}` first"
+            ) from None
         raise PresetError(
             f"{path}: no such preset file; create it with `make calibrate` "
             "(python -m calibration calibrate <device> --presets DIR)"
