@@ -34,7 +34,7 @@ FIELDS = (
     ("leak_current_density", "mA/m²", 1e-3),
     ("discharge_current", "pA", 1e-12),
 )
-RATE_CURRENTS_A = (1e-10, 5e-10, 1e-9, 2e-9)
+RATE_CURRENTS_A = (1e-10, 2.7e-10, 8e-10, 2e-9)  # of the validation's f-I curve
 
 
 def _device_list(names: list[str]) -> list[str | None]:
@@ -78,8 +78,8 @@ def describe(device: str | None, train_dir: Path, experiment: str) -> dict[str, 
     errors = felif.uncertainties
     row: dict[str, Any] = {
         "device": devices.recorded(directory) or "shipped",
-        "felif_preset": str(felif.source),
-        "rram_preset": str(rram.source),
+        "felif_preset": devices.recorded(Path(felif.source)),
+        "rram_preset": devices.recorded(Path(rram.source)),
         "parameters": {
             f: {
                 "value": getattr(felif.parameters, f) / unit,
@@ -88,6 +88,9 @@ def describe(device: str | None, train_dir: Path, experiment: str) -> dict[str, 
             }
             for f, u, unit in FIELDS
         },
+        "leak_saturation_current_fA": felif.parameters.leak_current_density
+        * felif.parameters.area
+        / 1e-15,
         "rram_levels_uS": [round(g * 1e6, 1) for g in rram.means],
         "validation": None,
         "runs": _runs(train_dir, experiment, devices.recorded(directory)),
@@ -95,7 +98,7 @@ def describe(device: str | None, train_dir: Path, experiment: str) -> dict[str, 
     if report is not None:
         rates = {round(r["current_A"], 12): r["rate_spice_hz"] for r in report["fi_curve"]}
         row["validation"] = {
-            "report": str(report_file),
+            "report": devices.recorded(report_file.resolve()),
             "passed": report["passed"],
             "isi_rel_error_median": report["isi_rel_error_median"],
             "isi_rel_error_max": report["isi_rel_error_max"],
@@ -122,6 +125,8 @@ def markdown(rows: list[dict], experiment: str) -> str:
             se_text = "" if not p["stderr"] else f" ± {p['stderr']:.2g}"
             cells.append(f"{p['value']:.4g}{se_text}")
         lines.append(f"| {field} ({unit}) | " + " | ".join(cells) + " |")
+    cells = [f"{r['leak_saturation_current_fA']:.3g}" for r in rows]
+    lines.append("| leak saturation current, density × area (fA) | " + " | ".join(cells) + " |")
     for key, label in (
         ("isi_rel_error_median", "validation: ISI error, median"),
         ("isi_rel_error_max", "validation: ISI error, max"),
