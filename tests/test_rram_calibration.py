@@ -97,7 +97,7 @@ def test_distribution_fit_and_separation():
 
 def test_device_sampling_stays_within_the_bounds():
     devices = rram.sample_devices(300, seed=1)
-    for name, (lo, hi) in rram.BOUNDS.items():
+    for name, (lo, hi) in rram.bounds().items():
         values = np.array([getattr(d, name) for d in devices])
         assert values.min() >= lo and values.max() <= hi
     assert rram.sample_devices(5, seed=3) == rram.sample_devices(5, seed=3)

@@ -138,3 +138,26 @@ def test_the_device_report_puts_each_device_beside_its_own_runs(tmp_path, monkey
     assert first["rram_preset"] == second["rram_preset"]  # no RRAM netlist: the shipped preset
     text = (tmp_path / "devices.md").read_text()
     assert "25.00 % (a)" in text and "50.00 % (b)" in text and "identical configs" in text
+
+
+def test_an_rram_device_is_drawn_and_programmed_around_its_own_filament(tmp_path):
+    """The Monte-Carlo bounds and the nominal cell follow the device's rram.cir (before, every
+    cell was given the shipped 45 nm filament whatever the netlist said)."""
+    from calibration import rram, spice
+
+    directory = tmp_path / "thin_filament"
+    directory.mkdir()
+    text = (devices.SHIPPED_NETLISTS / "rram.cir").read_text()
+    (directory / "rram.cir").write_text(spice.set_parameters(text, {"r_fil": 35e-9}))
+    shipped = rram.program_and_read({"i_prog": 100e-6, "device": {}})
+    assert rram.bounds()["r_fil"] == (40.5e-9, 49.5e-9)  # the published JART v1b bounds
+    try:
+        devices.use(directory)
+        assert devices.owns("rram") and not devices.owns("felif")
+        assert rram.Device().r_fil == 35e-9 and rram.bounds()["r_fil"] == (31.5e-9, 38.5e-9)
+        assert all(31.5e-9 <= d.r_fil <= 38.5e-9 for d in rram.sample_devices(50, seed=2))
+        thin = rram.program_and_read({"i_prog": 100e-6, "device": {}})
+    finally:
+        devices.use(None)
+    # same compliance, narrower filament: hotter, further SET (N_disc), higher read conductance
+    assert thin["n_disc"] > 1.5 * shipped["n_disc"] and thin["g_read_S"] > shipped["g_read_S"]

@@ -45,7 +45,6 @@ from calibration.rram.cell import (  # noqa: F401
     sweep,
 )
 from calibration.rram.common import (  # noqa: F401
-    BOUNDS,
     CALIBRATION_SEED,
     CYCLE_TO_CYCLE_READ_NOISE_REL,
     CYCLE_TO_CYCLE_SOURCE,
@@ -57,20 +56,23 @@ from calibration.rram.common import (  # noqa: F401
     LEVEL_CURRENT_RANGE,
     N_LEVELS,
     NETLIST,
-    NOMINAL,
     PRESET_NAME,
     PRESET_PATH,
     READ_NETLIST,
     READ_VOLTAGE,
     SEPARATION_SIGMAS,
+    SPREAD,
     T_PULSE,
     TOL_LEVEL_REL_ERROR,
     V_SET,
     VALIDATION_SEED,
+    VARIED,
     Device,
     RRAMError,
+    bounds,
     check_device,
     check_programming_current,
+    nominal,
 )
 from calibration.rram.law import (  # noqa: F401
     conductance_law,

@@ -17,7 +17,6 @@ from calibration import (
 from calibration.provenance import display_path, now_utc, versions
 from calibration.rram.cell import _report_failures, corner_devices, monte_carlo, run_jobs, sweep
 from calibration.rram.common import (
-    BOUNDS,
     CALIBRATION_SEED,
     CYCLE_TO_CYCLE_READ_NOISE_REL,
     CYCLE_TO_CYCLE_SOURCE,
@@ -32,6 +31,7 @@ from calibration.rram.common import (
     T_PULSE,
     V_SET,
     RRAMError,
+    bounds,
 )
 from calibration.rram.law import (
     fit_conductance_law,
@@ -106,6 +106,7 @@ def calibrate(quick: bool = False, presets_dir: str | Path | None = None) -> Pat
     seps = separations(means, stds)
     retries = sum(int(r.get("retries", 0)) for rows in raw for r in rows if r)
     deck_name = devices.netlist_path(NETLIST)
+    limits = {k: tuple(float(f"{x:.6g}") for x in v) for k, v in bounds().items()}
     payload = {
         "schema": f"{presets.RRAM_SCHEMA}/{presets.SUPPORTED_MAJOR}",
         "device": "rram",
@@ -120,10 +121,10 @@ def calibrate(quick: bool = False, presets_dir: str | Path | None = None) -> Pat
             "seed": CALIBRATION_SEED,
             "same_devices_for_every_state": True,
             "distributions": {
-                "r_fil": f"uniform {BOUNDS['r_fil']} m",
-                "l_disc": f"uniform {BOUNDS['l_disc']} m",
-                "ndiscmin": f"log-uniform {BOUNDS['ndiscmin']} x 1e26 m^-3",
-                "ndiscmax": f"uniform {BOUNDS['ndiscmax']} x 1e26 m^-3",
+                "r_fil": f"uniform {limits['r_fil']} m",
+                "l_disc": f"uniform {limits['l_disc']} m",
+                "ndiscmin": f"log-uniform {limits['ndiscmin']} x 1e26 m^-3",
+                "ndiscmax": f"uniform {limits['ndiscmax']} x 1e26 m^-3",
             },
             "failures": mc_failures,
             "transient_retries": retries,

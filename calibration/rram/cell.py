@@ -16,15 +16,14 @@ from calibration import (
     spice,
 )
 from calibration.rram.common import (
-    BOUNDS,
     NETLIST,
-    NOMINAL_DEVICE,
     READ_NETLIST,
     READ_VOLTAGE,
     T_PULSE,
     V_SET,
     Device,
     RRAMError,
+    bounds,
     check_device,
     check_programming_current,
 )
@@ -39,14 +38,16 @@ _DECKS: dict[str, str] = {}
 
 
 def _deck(name: str) -> str:
-    if name not in _DECKS:
-        _DECKS[name] = _strip_control(spice.read_netlist(name))
-    return _DECKS[name]
+    """The chosen device's deck ``name`` without its control block (kept per file)."""
+    path = str(spice.netlist_path(name))
+    if path not in _DECKS:
+        _DECKS[path] = _strip_control(spice.read_netlist(path))
+    return _DECKS[path]
 
 
 def program(
     i_prog: float,
-    device: Device = NOMINAL_DEVICE,
+    device: Device | None = None,
     *,
     v_set: float = V_SET,
     t_pulse: float = T_PULSE,
@@ -54,7 +55,7 @@ def program(
 ) -> dict[str, float]:
     """SET one cell with compliance ``i_prog`` from its RESET state; the final N_disc and more."""
     i_prog = check_programming_current(i_prog)
-    check_device(device)
+    device = check_device(device or Device())
     overrides: dict[str, float] = {
         **device.parameters(),
         "i_prog": i_prog,
@@ -101,9 +102,9 @@ def _tran_with_retries(deck: str, t_end: float, name: str) -> tuple[spice.SpiceR
     )
 
 
-def read(n_disc: float, device: Device = NOMINAL_DEVICE, *, v_read: float = READ_VOLTAGE) -> float:
+def read(n_disc: float, device: Device | None = None, *, v_read: float = READ_VOLTAGE) -> float:
     """Read conductance (S) of a cell in state ``n_disc`` at the read voltage."""
-    check_device(device)
+    device = check_device(device or Device())
     if not (math.isfinite(n_disc) and n_disc > 0):
         raise RRAMError(f"state N_disc={n_disc!r} must be a positive number (1e26 m^-3)")
     deck = spice.set_parameters(
@@ -157,7 +158,8 @@ def run_jobs(
 
 def corner_devices() -> dict[str, Device]:
     """The nominal cell and the four corners of the Fig. 4a bounds (r_fil x l_disc)."""
-    (r_lo, r_hi), (l_lo, l_hi) = BOUNDS["r_fil"], BOUNDS["l_disc"]
+    limits = bounds()
+    (r_lo, r_hi), (l_lo, l_hi) = limits["r_fil"], limits["l_disc"]
     return {
         "nominal": Device(),
         "r_min,l_min": Device(r_fil=r_lo, l_disc=l_lo),
@@ -177,13 +179,14 @@ def sample_devices(count: int, seed: int) -> list[Device]:
     if count < 1:
         raise RRAMError(f"Monte-Carlo needs at least one device per state, got {count}")
     rng = np.random.default_rng(seed)
+    limits = bounds()
     devices = []
     for _ in range(count):
-        r = rng.uniform(*BOUNDS["r_fil"])
-        length = rng.uniform(*BOUNDS["l_disc"])
-        lo, hi = BOUNDS["ndiscmin"]
+        r = rng.uniform(*limits["r_fil"])
+        length = rng.uniform(*limits["l_disc"])
+        lo, hi = limits["ndiscmin"]
         nmin = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        nmax = rng.uniform(*BOUNDS["ndiscmax"])
+        nmax = rng.uniform(*limits["ndiscmax"])
         devices.append(
             Device(r_fil=float(r), l_disc=float(length), ndiscmin=nmin, ndiscmax=float(nmax))
         )

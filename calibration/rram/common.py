@@ -4,6 +4,7 @@ conditions, the programming currents swept and held out, tolerances, and the dev
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ import numpy as np
 from calibration import (
     COMMITTED_PRESETS,
     CalibrationError,
+    spice,
 )
 
 PRESET_NAME = "rram.json"
@@ -25,17 +27,43 @@ NETLIST = "rram.cir"
 READ_NETLIST = "rram_read.cir"
 
 
-#: JART VCM v1b nominal values of the parameters that vary from device to device (SI units, except
-#: N in 1e26 m^-3), and the variability bounds (Bengel et al. 2020).
-NOMINAL: dict[str, float] = {"r_fil": 45e-9, "l_disc": 0.4e-9, "ndiscmin": 0.008, "ndiscmax": 20.0}
-
-
-BOUNDS: dict[str, tuple[float, float]] = {
-    "r_fil": (40.5e-9, 49.5e-9),
-    "l_disc": (0.36e-9, 0.44e-9),
-    "ndiscmin": (4e-3, 0.25),
-    "ndiscmax": (18.0, 22.0),
+#: The parameters that vary from device to device (SI units, except N in 1e26 m^-3). Their nominal
+#: values are the chosen device's ``rram.cir`` ``.param`` lines (:func:`nominal`; the shipped cell:
+#: JART VCM v1b, r_fil 45 nm, l_disc 0.4 nm, N_discmin 0.008, N_discmax 20), and their variability
+#: bounds these factors of the nominal (:func:`bounds`; Bengel et al. 2020 for the shipped cell:
+#: 40.5-49.5 nm, 0.36-0.44 nm, 4e-3-0.25, 18-22), so a device with another filament geometry
+#: is drawn around its own.
+VARIED = ("r_fil", "l_disc", "ndiscmin", "ndiscmax")
+SPREAD: dict[str, tuple[float, float]] = {
+    "r_fil": (0.9, 1.1),
+    "l_disc": (0.9, 1.1),
+    "ndiscmin": (0.5, 31.25),
+    "ndiscmax": (0.9, 1.1),
 }
+
+
+def nominal() -> dict[str, float]:
+    """The chosen device's nominal values of :data:`VARIED` (its ``rram.cir``)."""
+    path = spice.netlist_path(NETLIST)
+    return dict(_nominal_of(str(path), path.stat().st_mtime_ns if path.exists() else 0))
+
+
+@functools.lru_cache(maxsize=8)
+def _nominal_of(path: str, mtime_ns: int) -> tuple[tuple[str, float], ...]:
+    values = spice.deck_parameters(spice.read_netlist(path))
+    try:
+        return tuple((name, spice._parse_spice_number(values[name])) for name in VARIED)
+    except (KeyError, spice.SpiceError) as error:
+        raise RRAMError(f"{path}: .param {error} must be a number") from None
+
+
+def bounds() -> dict[str, tuple[float, float]]:
+    """Variability bounds around :func:`nominal` (:data:`SPREAD`)."""
+    centre = nominal()
+    return {  # 12 digits: the shipped bounds are exactly the published values
+        name: (float(f"{centre[name] * lo:.12g}"), float(f"{centre[name] * hi:.12g}"))
+        for name, (lo, hi) in SPREAD.items()
+    }
 
 
 #: Programming conditions (see netlists/rram.cir). The SET pulse is long enough that the programmed
@@ -86,16 +114,13 @@ class RRAMError(CalibrationError, ValueError):
 class Device:
     """Device-to-device parameters of one cell (the JART v1b variability parameters)."""
 
-    r_fil: float = NOMINAL["r_fil"]
-    l_disc: float = NOMINAL["l_disc"]
-    ndiscmin: float = NOMINAL["ndiscmin"]
-    ndiscmax: float = NOMINAL["ndiscmax"]
+    r_fil: float = dataclasses.field(default_factory=lambda: nominal()["r_fil"])
+    l_disc: float = dataclasses.field(default_factory=lambda: nominal()["l_disc"])
+    ndiscmin: float = dataclasses.field(default_factory=lambda: nominal()["ndiscmin"])
+    ndiscmax: float = dataclasses.field(default_factory=lambda: nominal()["ndiscmax"])
 
     def parameters(self) -> dict[str, float]:
         return dataclasses.asdict(self)
-
-
-NOMINAL_DEVICE = Device()  # the JART VCM v1b nominal cell
 
 
 def check_programming_current(i_prog: float) -> float:
