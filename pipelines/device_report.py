@@ -73,6 +73,8 @@ def describe(device: str | None, train_dir: Path, experiment: str) -> dict[str, 
         rram = presets.load_rram_preset()
         report_file = reports_location(False) / "felif.json"
         report = json.loads(report_file.read_text()) if report_file.exists() else None
+        rram_file = reports_location(False) / "rram.json"
+        rram_report = json.loads(rram_file.read_text()) if rram_file.exists() else None
     finally:
         devices.use(None)
     errors = felif.uncertainties
@@ -93,6 +95,15 @@ def describe(device: str | None, train_dir: Path, experiment: str) -> dict[str, 
         / 1e-15,
         "rram_levels_uS": [round(g * 1e6, 1) for g in rram.means],
         "validation": None,
+        "rram_validation": None
+        if rram_report is None
+        else {
+            "report": devices.recorded(rram_file.resolve()),
+            "passed": rram_report["passed"],
+            "held_out_conductance_rel_error_max": rram_report["level_rel_error_max"],
+            "ks_max": rram_report["ks_max"],
+            "separation_sigmas_min": min(rram_report["separation_sigmas"]),
+        },
         "runs": _runs(train_dir, experiment, devices.recorded(directory)),
     }
     if report is not None:
@@ -128,16 +139,16 @@ def markdown(rows: list[dict], experiment: str) -> str:
     cells = [f"{r['leak_saturation_current_fA']:.3g}" for r in rows]
     lines.append("| leak saturation current, density × area (fA) | " + " | ".join(cells) + " |")
     for key, label in (
-        ("isi_rel_error_median", "validation: ISI error, median"),
-        ("isi_rel_error_max", "validation: ISI error, max"),
-        ("first_spike_rel_error_max", "validation: first-spike error, max"),
-        ("v_nrmse", "validation: membrane NRMSE"),
+        ("isi_rel_error_median", "FeLIF validation: ISI error, median"),
+        ("isi_rel_error_max", "FeLIF validation: ISI error, max"),
+        ("first_spike_rel_error_max", "FeLIF validation: first-spike error, max"),
+        ("v_nrmse", "FeLIF validation: membrane NRMSE"),
     ):
         cells = [_percent(r["validation"][key]) if r["validation"] else "—" for r in rows]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     cells = [("PASSED" if r["validation"]["passed"] else "FAILED") if r["validation"] else
              "not validated" for r in rows]  # fmt: skip
-    lines.append("| validation | " + " | ".join(cells) + " |")
+    lines.append("| FeLIF validation | " + " | ".join(cells) + " |")
     for current in RATE_CURRENTS_A:
         key = f"{current * 1e9:g} nA"
         cells = []
@@ -150,6 +161,19 @@ def markdown(rows: list[dict], experiment: str) -> str:
         + " | ".join(", ".join(f"{g:g}" for g in r["rram_levels_uS"]) for r in rows)
         + " |"
     )
+    for key, label in (
+        ("held_out_conductance_rel_error_max", "RRAM validation: held-out conductance error, max"),
+        ("separation_sigmas_min", "RRAM: closest pair of levels (σ)"),
+    ):
+        cells = []
+        for r in rows:
+            value = (r["rram_validation"] or {}).get(key)
+            text = "—" if value is None else f"{value:.2f}"
+            cells.append(_percent(value) if "error" in key and value is not None else text)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    cells = [("PASSED" if r["rram_validation"]["passed"] else "FAILED") if r["rram_validation"]
+             else "not validated" for r in rows]  # fmt: skip
+    lines.append("| RRAM validation | " + " | ".join(cells) + " |")
     cells = []
     for r in rows:
         accs = [f"{100 * x['test_accuracy']:.2f} % ({x['run']})" for x in r["runs"]]

@@ -216,9 +216,13 @@ def figure(path: Path, rows: list[dict], title: str, membranes: dict) -> None:
     for view in ("compact", "spice"):
         t, v = membranes[view]
         membrane.plot(np.asarray(t) * 1e3, v, c=style[view][0], lw=0.8, label=view)
-    membrane.set_yscale("symlog", linthresh=5.0)
+    lowest = min(float(np.min(membranes[view][1])) for view in ("compact", "spice"))
+    if lowest < -10.0:  # a membrane far below the rails (a netlist without a clamp)
+        membrane.set_yscale("symlog", linthresh=5.0)
+        membrane.set_ylabel("membrane (V; symlog beyond ±5 V)")
+    else:
+        membrane.set_ylabel("membrane (V)")
     membrane.set_xlabel("time (ms)")
-    membrane.set_ylabel("membrane (V; symlog beyond ±5 V)")
     membrane.set_title(f"sample {membranes['sample']}, neuron {membranes['neuron']}")
     drive = membrane.twinx()
     steps = np.arange(len(membranes["drive_A"]) + 1) * membranes["step_s"] * 1e3
