@@ -26,8 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: The shipped device's netlists.
 SHIPPED_NETLISTS = ROOT / "netlists"
+#: The netlists each device kind is calibrated from.
+KIND_NETLISTS = {"felif": ("felif.cir",), "rram": ("rram.cir", "rram_read.cir", "rram_cell.inc")}
 #: The netlist files a device directory may hold (each falls back to the shipped one).
-NETLIST_FILES = ("felif.cir", "rram.cir", "rram_read.cir", "rram_cell.inc")
+NETLIST_FILES = tuple(name for names in KIND_NETLISTS.values() for name in names)
 ENV = "BRUNO_DEVICE"
 
 
@@ -98,15 +100,19 @@ def netlist_path(name: str) -> Path:
     return SHIPPED_NETLISTS / name
 
 
-#: The netlists each device kind is calibrated from.
-KIND_NETLISTS = {"felif": ("felif.cir",), "rram": ("rram.cir", "rram_read.cir", "rram_cell.inc")}
-
-
 def owns(kind: str) -> bool:
     """Whether the chosen device directory holds a netlist of ``kind`` ('felif' or 'rram')
     rather than taking all of them from the shipped device."""
     chosen = device_dir()
     return chosen is not None and any((chosen / n).exists() for n in KIND_NETLISTS[kind])
+
+
+def not_calibrated(path: Path) -> str:
+    """The message for a preset the chosen device lacks."""
+    return (
+        f"{path}: device {device_dir()} is not calibrated yet; run "
+        f"`make calibrate DEVICE={device_dir()}` first"
+    )
 
 
 def presets_dir() -> Path | None:

@@ -100,10 +100,7 @@ def _require_if_chosen(path: Path) -> None:
     to defaults there would train on devices nobody calibrated without saying so. So must a
     chosen device directory."""
     if devices.device_dir() is not None and not os.environ.get("BRUNO_PRESETS_DIR"):
-        raise PresetError(
-            f"{path}: device {devices.device_dir()} is not calibrated yet; run "
-            f"`make calibrate DEVICE={devices.device_dir()}` first"
-        )
+        raise PresetError(devices.not_calibrated(path))
     if os.environ.get("BRUNO_PRESETS_DIR"):
         raise PresetError(
             f"{path}: no such preset in $BRUNO_PRESETS_DIR; calibrate into that directory "
@@ -118,10 +115,7 @@ def _read(path: Path, schema: str, device: str) -> dict[str, Any]:
     except FileNotFoundError:
         chosen = devices.device_dir()
         if chosen is not None and Path(path).parent == chosen / "presets":
-            raise PresetError(
-                f"{path}: device {chosen} is not calibrated yet; run "
-                f"`make calibrate DEVICE={chosen}` first"
-            ) from None
+            raise PresetError(devices.not_calibrated(path)) from None
         raise PresetError(
             f"{path}: no such preset file; create it with `make calibrate` "
             "(python -m calibration calibrate <device> --presets DIR)"

@@ -51,7 +51,7 @@ def calibrate(quick: bool = False, presets_dir: str | Path | None = None) -> Pat
     (atomic JSON) and return its path. ``quick`` (smoke run): fewer sweep points and devices."""
     from calibration import contract
 
-    for name in ("rram.cir", "rram_read.cir", "rram_cell.inc"):
+    for name in devices.KIND_NETLISTS["rram"]:
         contract.check(name)
     target = presets_location(quick, presets_dir, writing=True) / PRESET_NAME
     started = time.time()

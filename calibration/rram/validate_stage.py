@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from bruno.devices import KIND_NETLISTS
 from bruno.io import atomic_save_figure, atomic_write_json
 from bruno.presets import load_rram_preset as load_preset
 from calibration import (
@@ -42,7 +43,7 @@ def validate(
 
     from calibration import contract
 
-    for name in ("rram.cir", "rram_read.cir", "rram_cell.inc"):
+    for name in KIND_NETLISTS["rram"]:
         contract.check(name)
     started = time.time()
     preset_path = presets_location(quick, presets_dir) / PRESET_NAME
