@@ -104,10 +104,10 @@ def run_many(
     """Call a picklable ``function`` on each argument on ``backend`` (module docstring).
 
     Returns the results in order (``None`` where a job failed) and the failures in index order.
-    ``workers``: jobs at a time (default: one per CPU of this machine, at most one per job; on a
-    Ray cluster the cluster's CPUs bound it instead). ``cpus_per_job``: the CPUs Ray reserves
-    for each job (a training run with several threads); the local pool runs ``workers`` jobs
-    whatever their threads. ``progress``: a tqdm label, or None.
+    ``workers``: jobs at a time on either backend (default: one per CPU of this machine, at most
+    one per job; on a Ray cluster its CPUs may bound it further). ``cpus_per_job``: the CPUs Ray
+    reserves for each job (a training run with several threads); the local pool runs
+    ``workers`` jobs whatever their threads. ``progress``: a tqdm label, or None.
     """
     from tqdm.auto import tqdm
 
@@ -176,10 +176,20 @@ def _run_ray(function, arguments, workers, runs_per_worker, cpus, advance):
     task = ray.remote(num_cpus=cpus, max_calls=runs_per_worker, max_retries=0)(function)
     results: list[Any] = [None] * len(arguments)
     failures: dict[int, RunFailure] = {}
-    pending = {task.remote(argument): (i, False) for i, argument in enumerate(arguments)}
+    # at most ``workers`` jobs in flight, as on the local pool (a sweep's --jobs is a promise)
+    waiting = list(enumerate(arguments))[::-1]
+    pending: dict[Any, tuple[int, bool]] = {}
+
+    def submit() -> None:
+        while waiting and len(pending) < workers:
+            i, argument = waiting.pop()
+            pending[task.remote(argument)] = (i, False)
+
+    submit()
     while pending:
         (ready,), _ = ray.wait(list(pending), num_returns=1)
         index, retried = pending.pop(ready)
+        submit()
         try:
             results[index] = ray.get(ready)
             failures.pop(index, None)
