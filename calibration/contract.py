@@ -6,15 +6,17 @@ in it (the circuit, its solver options, extra ``.param`` lines) is the user's to
 
 ``felif.cir`` (the neuron)
     - node ``mem``: the membrane; the input current flows into it, its voltage is measured and
-      the spike threshold is detected on it;
+      the spike threshold is detected on it; for the leak it is held by a voltage source (below
+      threshold, where the comparator and reset are off) and the current it draws is measured;
     - node ``ptot``: a voltage equal to the mean ferroelectric polarisation (C/m^2), measured;
-    - one input source line ``Iin 0 mem ...`` (replaced by each stimulus; removed in
-      co-simulation, where the gain stage drives ``mem``);
+    - one input source line ``Iin 0 mem ...`` (replaced by each stimulus, or by the clamp's
+      voltage source; removed in co-simulation, where the gain stage drives ``mem``);
     - one ``.options ... reltol=...`` line (replaced in the solver-convergence check);
     - ``.param`` design values the compact model takes as they are: ``area`` (m^2), ``t_fe``
-      (m), ``eps_fe``, ``eps_int``, ``tau0`` (s), ``alpha``, ``e_soft`` (V/m), ``vthr`` (V,
-      threshold), ``v_reset`` (V), ``leak_n`` (leak diode emission coefficient), and the run
-      controls ``i_in`` (A), ``t_stop`` (s), ``t_max`` (s, the maximum time step).
+      (m), ``eps_fe``, ``eps_int``, ``tau0`` (s), ``e_soft`` (V/m), ``vthr`` (V, threshold),
+      ``v_reset`` (V), and the run controls ``i_in`` (A), ``t_stop`` (s), ``t_max`` (s, the
+      maximum time step). The leak and the switching law's exponent are measured and fitted,
+      whatever elements realise them.
 ``rram.cir`` (1T1R programming: SET with compliance, or RESET)
     - ``.param`` ``i_prog`` (A, compliance), ``v_set``, ``v_reset`` (V), ``t_pulse`` (s),
       ``n_init`` (initial oxygen-vacancy concentration, 1e26/m^3; < 0 for the RESET state),
@@ -47,11 +49,9 @@ CONTRACT: dict[str, dict[str, tuple[str, ...]]] = {
             "eps_fe",
             "eps_int",
             "tau0",
-            "alpha",
             "e_soft",
             "vthr",
             "v_reset",
-            "leak_n",
             "i_in",
             "t_stop",
             "t_max",

@@ -33,6 +33,8 @@ FIELDS = (
     ("parasitic_capacitance", "fF", 1e-15),
     ("leak_current_density", "mA/m²", 1e-3),
     ("discharge_current", "pA", 1e-12),
+    ("leak_thermal_voltage", "V", 1.0),
+    ("switching_exponent", "1", 1.0),
 )
 RATE_CURRENTS_A = (1e-10, 2.7e-10, 8e-10, 2e-9)  # of the validation's f-I curve
 
@@ -103,6 +105,7 @@ def describe(device: str | None, train_dir: Path, experiment: str) -> dict[str, 
             "held_out_conductance_rel_error_max": rram_report["level_rel_error_max"],
             "ks_max": rram_report["ks_max"],
             "separation_sigmas_min": min(rram_report["separation_sigmas"]),
+            "supported_read_voltages_V": rram_report.get("supported_read_voltages_V", [0.2]),
         },
         "runs": _runs(train_dir, experiment, devices.recorded(directory)),
     }
@@ -115,6 +118,12 @@ def describe(device: str | None, train_dir: Path, experiment: str) -> dict[str, 
             "isi_rel_error_max": report["isi_rel_error_max"],
             "first_spike_rel_error_max": report["first_spike_rel_error_max"],
             "v_nrmse": report["v_nrmse"],
+            "rheobase_pA": None
+            if "leak" not in report
+            else {
+                "circuit": report["leak"]["rheobase_circuit_A"] * 1e12,
+                "compact": report["leak"]["rheobase_compact_A"] * 1e12,
+            },
             "spice_rate_hz": {f"{i * 1e9:g} nA": rates.get(round(i, 12)) for i in RATE_CURRENTS_A},
         }
     return row
@@ -146,6 +155,13 @@ def markdown(rows: list[dict], experiment: str) -> str:
     ):
         cells = [_percent(r["validation"][key]) if r["validation"] else "—" for r in rows]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    cells = []
+    for r in rows:
+        rheobase = (r["validation"] or {}).get("rheobase_pA")
+        cells.append(
+            "—" if not rheobase else f"{rheobase['circuit']:.4g} / {rheobase['compact']:.4g}"
+        )
+    lines.append("| rheobase, ngspice / compact model (pA) | " + " | ".join(cells) + " |")
     cells = [("PASSED" if r["validation"]["passed"] else "FAILED") if r["validation"] else
              "not validated" for r in rows]  # fmt: skip
     lines.append("| FeLIF validation | " + " | ".join(cells) + " |")
@@ -162,7 +178,10 @@ def markdown(rows: list[dict], experiment: str) -> str:
         + " |"
     )
     for key, label in (
-        ("held_out_conductance_rel_error_max", "RRAM validation: held-out conductance error, max"),
+        (
+            "held_out_conductance_rel_error_max",
+            "RRAM validation: held-out conductance error, max over read voltages",
+        ),
         ("separation_sigmas_min", "RRAM: closest pair of levels (σ)"),
     ):
         cells = []
@@ -171,6 +190,13 @@ def markdown(rows: list[dict], experiment: str) -> str:
             text = "—" if value is None else f"{value:.2f}"
             cells.append(_percent(value) if "error" in key and value is not None else text)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    cells = [
+        ", ".join(f"{v:g}" for v in r["rram_validation"]["supported_read_voltages_V"])
+        if r["rram_validation"]
+        else "—"
+        for r in rows
+    ]
+    lines.append("| RRAM supported read voltages (V) | " + " | ".join(cells) + " |")
     cells = [("PASSED" if r["rram_validation"]["passed"] else "FAILED") if r["rram_validation"]
              else "not validated" for r in rows]  # fmt: skip
     lines.append("| RRAM validation | " + " | ".join(cells) + " |")

@@ -13,8 +13,8 @@ from calibration import spice
 def test_stimulus_outside_the_working_range_is_refused():
     with pytest.raises(F.StimulusRangeError, match=r"dc_5nA.*outside the calibrated working range"):
         F.check_stimulus(F.dc_stimulus(5e-9, 0.01))
-    with pytest.raises(F.StimulusRangeError, match="dc_0.01nA"):
-        F.compact_runs([F.dc_stimulus(1e-11, 0.01)], [{}])
+    with pytest.raises(F.StimulusRangeError, match="dc_-0.01nA.*outside the calibrated"):
+        F.compact_runs([F.dc_stimulus(-1e-11, 0.01)], [{}])  # negative drive: PWL steps only
     negative = F.Stimulus("negative_pwl", 0.01, times=(0.0, 0.01), currents=(-30e-9, 0.0))
     with pytest.raises(F.StimulusRangeError, match=r"negative_pwl.*\[-2e-08, 2e-09\] A"):
         F.spice_run(negative)

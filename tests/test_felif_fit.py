@@ -70,6 +70,28 @@ def test_residuals_are_zero_for_identical_traces_and_have_fixed_length():
         assert F.residuals(shifted, target).shape == r.shape
 
 
+def test_a_stimulus_fit_weight_scales_its_spike_residuals_and_nothing_else():
+    import dataclasses
+
+    targets, _ = _synthetic_targets()
+    target = targets[0]
+    late = F.Trace(
+        target.trace.time,
+        target.trace.v + 0.02,
+        target.trace.polarization,
+        target.trace.spike_times * 1.01,
+    )
+    heavy = F.Target(dataclasses.replace(target.stimulus, fit_weight=4.0), target.trace)
+    r1, r4 = F.residuals(late, target), F.residuals(late, heavy)
+    n = len(target.trace.spike_times)
+    assert np.all(r1[:n] != 0) and np.any(r1[n:] != 0)
+    assert np.allclose(r4[:n], 4.0 * r1[:n], rtol=1e-12) and np.array_equal(r4[n:], r1[n:])
+    # the near-rheobase training levels carry the weight; the other stimuli do not
+    weights = {s.name: s.fit_weight for s in F.training_stimuli(False, 16.1e-12)}
+    assert {w for n, w in weights.items() if n.endswith("pA")} == {F.RHEOBASE_FIT_WEIGHT}
+    assert {w for n, w in weights.items() if not n.endswith("pA")} == {1.0}
+
+
 def test_injected_charge_of_pwl_and_dc():
     pulses = F.pulse_train(1e-9, 1e-3, 4e-3, 0.02, edge=1e-6)
     q = F.injected_charge(pulses, np.asarray([0.02]))[0]
@@ -98,15 +120,38 @@ def test_stimuli_fine_waveform_and_spice_source_agree():
     assert F.dc_stimulus(3e-10).spice_source() == "Iin 0 mem DC 3e-10"
 
 
-def test_training_and_validation_stimuli_are_disjoint():
-    training = {s.name for q in (False, True) for s in F.training_stimuli(q)}
+@pytest.mark.parametrize(("rheobase", "scale"), [(16.1e-12, 1.0), (40e-12, 1.0), (16.1e-12, 3.375)])
+def test_training_and_validation_stimuli_are_disjoint(rheobase, scale):
+    training = {s.name for q in (False, True) for s in F.training_stimuli(q, rheobase, scale)}
     for quick in (False, True):
-        main, extra = F.validation_stimuli(quick)
+        main, extra = F.validation_stimuli(quick, rheobase, scale)
         assert not training & {s.name for s in main + extra}
         dcs = [s.dc for s in main + extra if s.dc is not None]
-        if not quick:  # the edges of the working range are held out
-            assert F.I_MIN in dcs and F.I_MAX in dcs
+        if not quick:  # the top of the range and the rheobase from both sides are held out
+            assert F.I_MAX in dcs
+            assert any((1 - 0.2 * scale) * rheobase < i < rheobase for i in dcs)  # must not fire
+            assert any(rheobase < i < (1 + 0.2 * scale) * rheobase for i in dcs)
         assert any(s.dc is None for s in main)  # a random spike train
+    assert any(
+        s.dc is not None and s.dc < 1.5 * rheobase for s in F.training_stimuli(False, rheobase)
+    )
+
+
+def test_near_rheobase_levels_scale_their_distance_from_the_rheobase():
+    (base,) = F.near_rheobase(20e-12, [(1.1, 2.0)])
+    (wide,) = F.near_rheobase(20e-12, [(1.1, 2.0)], fit_weight=4.0, scale=2.25)
+    assert base.dc == pytest.approx(22e-12) and wide.dc == pytest.approx(24.5e-12)
+    assert (base.duration, base.fit_weight, wide.fit_weight) == (2.0, 1.0, 4.0)
+    assert wide.name == "dc_24.5pA"
+
+
+def test_spikes_are_compared_until_half_an_interval_after_the_circuits_last():
+    from calibration.felif.validate_stage import comparison_horizon
+
+    assert comparison_horizon(np.asarray([]), 2.0) == 2.0  # none: the whole window
+    assert comparison_horizon(np.asarray([0.8]), 2.0) == pytest.approx(1.2)
+    assert comparison_horizon(np.asarray([0.4, 0.9, 1.4]), 1.5) == 1.5  # capped at the window
+    assert comparison_horizon(np.asarray([0.4, 0.9]), 2.0) == pytest.approx(1.15)
 
 
 def test_subthreshold_mask_and_crossings():

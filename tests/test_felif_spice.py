@@ -109,6 +109,50 @@ def test_the_clamp_is_off_in_the_positive_range():
     assert np.allclose(with_clamp.spike_times, without.spike_times, rtol=1e-4)
 
 
+def _element_leak(v: np.ndarray) -> np.ndarray:
+    """The leak the netlist's elements give (A): its diode law and discharge path, by hand."""
+    p = F.netlist_parameters()
+    diode = p["leak_is"] * np.expm1(v / (p["leak_n"] * p["leak_vt"]))
+    return diode + p["idsc"] * np.tanh(v / p["idsc_vsat"])
+
+
+def test_the_clamped_membrane_draws_the_leak_its_elements_give():
+    """The voltage clamp measures the leak the netlist's elements give (plus the clamp
+    junction's 10 fA reverse current), on both sides of 0 V, up to just below threshold; the
+    compact leak fitted to it puts the rheobase where those elements put it."""
+    _require_ngspice()
+    from calibration.felif.fit import fit_leak
+    from calibration.felif.traces import membrane_leak
+
+    v = np.asarray([-1.5, 0.5, 1.5, 2.3])
+    measured = membrane_leak(v)
+    assert np.allclose(measured, _element_leak(v) + 1e-14, rtol=2e-3, atol=0), measured
+    with pytest.raises(F.FeLIFCalibrationError, match="held voltages need"):
+        membrane_leak([0.1, 2.49])  # creep near 0 V, comparator at threshold: refused
+    leak = fit_leak()
+    p = F.netlist_parameters()
+    assert leak.rheobase == pytest.approx(
+        float(_element_leak(np.asarray([p["vthr"]]))[0]), rel=5e-3
+    )
+    assert leak.values["leak_thermal_voltage"] == pytest.approx(
+        p["leak_n"] * p["leak_vt"], rel=0.01
+    )
+    assert leak.record()["rel_error_max_positive"] < 2e-3
+
+
+def test_the_circuit_fires_just_above_its_rheobase_and_not_below():
+    """The lowest DC current that fires is the leak at threshold (16.1 pA): 1.1x fires within
+    2 s, 0.95x never does (its membrane settles below threshold)."""
+    _require_ngspice()
+    from calibration.felif.fit import fit_leak
+
+    rheobase = fit_leak().rheobase
+    above = F.spice_run(F.dc_stimulus(1.1 * rheobase, 2.0), record=1e-4)
+    below = F.spice_run(F.dc_stimulus(0.95 * rheobase, 2.0), record=1e-4)
+    assert len(above.spike_times) >= 1 and len(below.spike_times) == 0
+    assert 2.0 < below.v[-1] < F.netlist_parameters()["vthr"]
+
+
 def test_netlist_runs_in_plain_ngspice(tmp_path):
     if shutil.which("ngspice") is None:
         pytest.skip("ngspice executable not on PATH")

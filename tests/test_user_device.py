@@ -105,6 +105,8 @@ def test_a_larger_fecap_calibrates_validates_and_fires_later(tmp_path, monkeypat
     assert user.parameters.area == 40e-12 and shipped.parameters.area == 25e-12
     assert user.to_payload()["provenance"]["netlist"] == str(directory / "felif.cir")
     assert _first_spike(user, 1e-9) > 1.2 * _first_spike(shipped, 1e-9)
+    # it needs more charge to fire: its near-rheobase levels sit further above its rheobase
+    assert user.to_payload()["fit"]["near_rheobase_scale"] > 1.0
     assert felif.NETLIST == "felif.cir"  # the chosen device's, resolved per call
 
 
@@ -138,6 +140,7 @@ def test_the_device_report_puts_each_device_beside_its_own_runs(tmp_path, monkey
     assert first["rram_preset"] == second["rram_preset"]  # no RRAM netlist: the shipped preset
     text = (tmp_path / "devices.md").read_text()
     assert "25.00 % (a)" in text and "50.00 % (b)" in text and "identical configs" in text
+    assert "| switching_exponent (1) |" in text and "| rheobase, ngspice / compact model" in text
 
 
 def test_an_rram_device_is_drawn_and_programmed_around_its_own_filament(tmp_path):

@@ -12,10 +12,18 @@ Schemas (the major version must match; minor additions are accepted)::
                            "variability": {"sigma", "fields"},   # what the layers draw per neuron
                            "fit": {...},         # optional: the lmfit record (below)
                            "provenance": {...}}
-    bruno.rram-preset/1   {"schema", "device": "rram", "read_voltage_V",
+    bruno.rram-preset/1.1 {"schema", "device": "rram", "read_voltage_V",
                            "levels": [{"programming_current_A", "conductance_mean_S",
                                        "conductance_std_S", "conductance_samples_S"}, ...],
-                           "cycle_to_cycle_read_noise_rel", "conductance_law", "provenance"}
+                           "cycle_to_cycle_read_noise_rel", "conductance_law",
+                           "reads": [{"read_voltage_V", "levels", "conductance_law"}, ...],
+                           "provenance"}
+
+An RRAM preset's ``levels`` and ``conductance_law`` are those read at ``read_voltage_V`` (the
+default 0.2 V); ``reads`` (added in 1.1) holds them at every supported read voltage, increasing,
+with the Monte-Carlo devices in the same order at each, and :meth:`RRAMPreset.at_read_voltage`
+gives the preset read at another voltage. A 1.0 preset (no ``reads``) reads as before and supports
+its one read voltage; asking it for another is an error that says to recalibrate.
 
 The FeLIF fit is stored once: ``fit.lmfit_params`` is lmfit's ``Parameters.dumps()`` (values,
 standard errors and correlations in fit units, read back with ``Parameters.loads``) and
@@ -44,6 +52,8 @@ from bruno.felif import FeLIFParameters
 FELIF_SCHEMA = "bruno.felif-preset"
 RRAM_SCHEMA = "bruno.rram-preset"
 SUPPORTED_MAJOR = 1
+#: The RRAM schema's minor version this bruno writes (1.1: ``reads``, the per-read-voltage levels).
+RRAM_SCHEMA_MINOR = 1
 
 # SPEC §3: the FeLIF fields drawn per neuron for device-to-device variability.
 DEFAULT_VARIABILITY_FIELDS = (
@@ -319,13 +329,26 @@ class RRAMLevel:
 
 _LEVEL_KEYS = ("programming_current_A", "conductance_mean_S", "conductance_std_S")
 _RRAM_KEYS = ("schema", "device", "levels", "read_voltage_V", "cycle_to_cycle_read_noise_rel")
-_RRAM_KEYS += ("conductance_law", "provenance")
+_RRAM_KEYS += ("conductance_law", "reads", "provenance")
+#: Two read voltages (V) closer than this are the same one.
+_VOLTAGE_TOLERANCE = 1e-9
+
+
+@dataclasses.dataclass(frozen=True)
+class RRAMRead:
+    """The levels and conductance law of an RRAM preset as read at one calibrated read voltage."""
+
+    read_voltage_V: float
+    levels: tuple[RRAMLevel, ...]
+    conductance_law: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
 class RRAMPreset:
-    """Eight (3-bit) programmable conductance levels of the RRAM synapse and its read noise.
-    ``record`` keeps the calibration's other sections (sweep, Monte-Carlo, programming)."""
+    """Eight (3-bit) programmable conductance levels of the RRAM synapse and its read noise, as
+    read at ``read_voltage_V`` (V); ``reads`` the levels at every supported read voltage
+    (:meth:`at_read_voltage`). ``record`` keeps the calibration's other sections (sweep,
+    Monte-Carlo, programming, read disturb)."""
 
     levels: tuple[RRAMLevel, ...]
     read_voltage_V: float = 0.2
@@ -334,6 +357,7 @@ class RRAMPreset:
     provenance: dict = dataclasses.field(default_factory=dict)
     record: dict = dataclasses.field(default_factory=dict)
     source: str = "fallback"
+    reads: tuple[RRAMRead, ...] = ()
 
     @property
     def means(self) -> tuple[float, ...]:
@@ -343,28 +367,107 @@ class RRAMPreset:
     def stds(self) -> tuple[float, ...]:
         return tuple(level.conductance_std_S for level in self.levels)
 
+    @property
+    def read_voltages_V(self) -> tuple[float, ...]:
+        """The supported read voltages (V), increasing: the calibrated ones, or the preset's one
+        read voltage when it has no per-voltage reads (a fallback or schema 1.0 preset)."""
+        return tuple(read.read_voltage_V for read in self.reads) or (self.read_voltage_V,)
+
+    def at_read_voltage(self, v: float) -> RRAMPreset:
+        """This preset as read at ``v`` (V): its levels, samples and law at that read voltage.
+
+        Exact at a calibrated voltage. Between two, linear in the read voltage: every level's
+        samples (one per Monte-Carlo device, the same devices at every voltage) and the law's
+        conductances; the means and stds are those of the interpolated samples (validated by
+        ``python -m calibration validate rram`` at the midpoints). A voltage outside the supported
+        range (:attr:`read_voltages_V`) is a :class:`PresetError` naming it."""
+        voltage = float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan
+        voltages = self.read_voltages_V
+        if not self.reads and math.isclose(
+            voltage, self.read_voltage_V, abs_tol=_VOLTAGE_TOLERANCE
+        ):
+            return self
+        if not self.reads:
+            raise PresetError(
+                f"{self.source}: read voltage {v!r} V is not supported: this preset has levels at "
+                f"{self.read_voltage_V:g} V only (a fallback, or schema 1.0 from before per-read-"
+                "voltage levels); recalibrate (make calibrate) for the supported read voltages"
+            )
+        if not voltages[0] - _VOLTAGE_TOLERANCE <= voltage <= voltages[-1] + _VOLTAGE_TOLERANCE:
+            raise PresetError(
+                f"{self.source}: read voltage {v!r} V is outside the supported range "
+                f"[{voltages[0]:g}, {voltages[-1]:g}] V (calibrated at "
+                f"{', '.join(f'{x:g}' for x in voltages)} V; reads above it disturb the state or "
+                "were not calibrated)"
+            )
+        upper = next(k for k, x in enumerate(voltages) if x >= voltage - _VOLTAGE_TOLERANCE)
+        above = self.reads[upper]
+        if math.isclose(above.read_voltage_V, voltage, abs_tol=_VOLTAGE_TOLERANCE):
+            return dataclasses.replace(
+                self,
+                levels=above.levels,
+                read_voltage_V=above.read_voltage_V,
+                conductance_law=above.conductance_law,
+            )
+        below = self.reads[upper - 1]
+        weight = (above.read_voltage_V - voltage) / (above.read_voltage_V - below.read_voltage_V)
+        levels = tuple(
+            _interpolate_level(a, b, weight)
+            for a, b in zip(below.levels, above.levels, strict=True)
+        )
+        law = {
+            "model": "linear interpolation in read voltage between two calibrated laws",
+            "read_voltages_V": [below.read_voltage_V, above.read_voltage_V],
+            "weights": [weight, 1.0 - weight],
+            "interpolated_between": [below.conductance_law, above.conductance_law],
+        }
+        return dataclasses.replace(self, levels=levels, read_voltage_V=voltage, conductance_law=law)
+
     def to_payload(self) -> dict[str, Any]:
         """The JSON document of this preset (:func:`load_rram_preset` reads it back)."""
-        levels = [
-            {
-                **level.details,
-                "programming_current_A": level.programming_current_A,
-                "conductance_mean_S": level.conductance_mean_S,
-                "conductance_std_S": level.conductance_std_S,
-                "conductance_samples_S": list(level.conductance_samples_S),
-            }
-            for level in self.levels
-        ]
         return {
-            "schema": f"{RRAM_SCHEMA}/{SUPPORTED_MAJOR}",
+            "schema": f"{RRAM_SCHEMA}/{SUPPORTED_MAJOR}.{RRAM_SCHEMA_MINOR}",
             "device": "rram",
             "read_voltage_V": self.read_voltage_V,
-            "levels": levels,
+            "levels": [_level_payload(level) for level in self.levels],
             "cycle_to_cycle_read_noise_rel": self.cycle_to_cycle_read_noise_rel,
             "conductance_law": self.conductance_law,
+            "reads": [
+                {
+                    "read_voltage_V": read.read_voltage_V,
+                    "levels": [_level_payload(level) for level in read.levels],
+                    "conductance_law": read.conductance_law,
+                }
+                for read in self.reads
+            ],
             **self.record,
             "provenance": self.provenance,
         }
+
+
+def _level_payload(level: RRAMLevel) -> dict[str, Any]:
+    return {
+        **level.details,
+        "programming_current_A": level.programming_current_A,
+        "conductance_mean_S": level.conductance_mean_S,
+        "conductance_std_S": level.conductance_std_S,
+        "conductance_samples_S": list(level.conductance_samples_S),
+    }
+
+
+def _interpolate_level(below: RRAMLevel, above: RRAMLevel, weight: float) -> RRAMLevel:
+    """``weight`` x ``below`` + (1 - ``weight``) x ``above``, sample by sample (same devices)."""
+    import statistics
+
+    samples = tuple(
+        weight * a + (1.0 - weight) * b
+        for a, b in zip(below.conductance_samples_S, above.conductance_samples_S, strict=True)
+    )
+    mean = weight * below.conductance_mean_S + (1.0 - weight) * above.conductance_mean_S
+    std = weight * below.conductance_std_S + (1.0 - weight) * above.conductance_std_S
+    if len(samples) >= 2:
+        mean, std = statistics.fmean(samples), statistics.stdev(samples)
+    return RRAMLevel(below.programming_current_A, mean, std, samples)
 
 
 def fallback_rram_preset() -> RRAMPreset:
@@ -389,50 +492,99 @@ def load_rram_preset(path: str | Path | None = None) -> RRAMPreset:
     return rram_preset_from_payload(_read(path, RRAM_SCHEMA, "rram"), path)
 
 
-def rram_preset_from_payload(payload: dict[str, Any], path: Path) -> RRAMPreset:
-    """Check a rram preset document (``path`` names it in errors) and build the preset."""
-    raw_levels = payload.get("levels")
+def _rram_levels(path: Path, raw_levels: Any, where: str) -> tuple[RRAMLevel, ...]:
+    """Check one list of levels (``where`` names it in errors) and build the levels."""
     if not isinstance(raw_levels, list) or len(raw_levels) < 2:
-        raise PresetError(f"{path}: 'levels' must be a list of at least 2 levels (3-bit: 8)")
+        raise PresetError(f"{path}: '{where}' must be a list of at least 2 levels (3-bit: 8)")
     levels = []
     for k, level in enumerate(raw_levels):
+        name = f"{where}[{k}]"
         if not isinstance(level, dict):
-            raise PresetError(f"{path}: levels[{k}] must be an object")
+            raise PresetError(f"{path}: {name} must be an object")
         try:
-            mean = _finite(path, f"levels[{k}].conductance_mean_S", level["conductance_mean_S"])
-            std = _finite(
-                path, f"levels[{k}].conductance_std_S", level.get("conductance_std_S", 0.0)
-            )
+            mean = _finite(path, f"{name}.conductance_mean_S", level["conductance_mean_S"])
+            std = _finite(path, f"{name}.conductance_std_S", level.get("conductance_std_S", 0.0))
             current = _finite(
-                path, f"levels[{k}].programming_current_A", level.get("programming_current_A", 0.0)
+                path, f"{name}.programming_current_A", level.get("programming_current_A", 0.0)
             )
         except KeyError as error:
-            raise PresetError(f"{path}: levels[{k}] lacks {error}") from None
+            raise PresetError(f"{path}: {name} lacks {error}") from None
         samples = tuple(
-            _finite(path, f"levels[{k}].conductance_samples_S", s)
+            _finite(path, f"{name}.conductance_samples_S", s)
             for s in level.get("conductance_samples_S", []) or []
         )
         if mean <= 0 or std < 0 or any(s <= 0 for s in samples):
-            raise PresetError(f"{path}: levels[{k}] needs a positive mean/samples and std >= 0")
+            raise PresetError(f"{path}: {name} needs a positive mean/samples and std >= 0")
         details = {k: v for k, v in level.items() if k not in _LEVEL_KEYS}
         details.pop("conductance_samples_S", None)
         levels.append(RRAMLevel(current, mean, std, samples, details))
     means = [level.conductance_mean_S for level in levels]
     if any(b <= a for a, b in zip(means, means[1:], strict=False)):
-        raise PresetError(f"{path}: level means must be strictly increasing, got {means}")
+        raise PresetError(f"{path}: {where} means must be strictly increasing, got {means}")
+    return tuple(levels)
+
+
+def _rram_reads(path: Path, payload: dict, levels: tuple[RRAMLevel, ...]) -> tuple[RRAMRead, ...]:
+    """Check the per-read-voltage levels (schema 1.1; absent in 1.0) against ``levels``: the same
+    states and Monte-Carlo devices at increasing read voltages that include ``read_voltage_V``'s
+    range."""
+    raw = payload.get("reads", [])
+    if not isinstance(raw, list):
+        raise PresetError(f"{path}: 'reads' must be a list of per-read-voltage levels")
+    reads = []
+    for k, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise PresetError(f"{path}: reads[{k}] must be an object")
+        voltage = _finite(path, f"reads[{k}].read_voltage_V", entry.get("read_voltage_V"))
+        read_levels = _rram_levels(path, entry.get("levels"), f"reads[{k}].levels")
+        shape = [(lv.programming_current_A, len(lv.conductance_samples_S)) for lv in read_levels]
+        if shape != [(lv.programming_current_A, len(lv.conductance_samples_S)) for lv in levels]:
+            raise PresetError(
+                f"{path}: reads[{k}] ({voltage:g} V) must hold the same states (programming "
+                "currents) and Monte-Carlo devices (sample counts) as 'levels'"
+            )
+        law = entry.get("conductance_law", {})
+        if not isinstance(law, dict):
+            raise PresetError(f"{path}: reads[{k}].conductance_law must be an object")
+        reads.append(RRAMRead(voltage, read_levels, dict(law)))
+    voltages = [read.read_voltage_V for read in reads]
+    if any(v <= 0 for v in voltages) or any(
+        b <= a for a, b in zip(voltages, voltages[1:], strict=False)
+    ):
+        raise PresetError(
+            f"{path}: reads' read voltages must be positive and increasing: {voltages}"
+        )
+    return tuple(reads)
+
+
+def rram_preset_from_payload(payload: dict[str, Any], path: Path) -> RRAMPreset:
+    """Check a rram preset document (``path`` names it in errors) and build the preset."""
+    levels = _rram_levels(path, payload.get("levels"), "levels")
     noise = _finite(
         path, "cycle_to_cycle_read_noise_rel", payload.get("cycle_to_cycle_read_noise_rel", 0.0)
     )
     if noise < 0:
         raise PresetError(f"{path}: cycle_to_cycle_read_noise_rel must be >= 0")
+    read_voltage = _finite(path, "read_voltage_V", payload.get("read_voltage_V", 0.2))
+    reads = _rram_reads(path, payload, levels)
+    if reads and not (
+        reads[0].read_voltage_V - _VOLTAGE_TOLERANCE
+        <= read_voltage
+        <= reads[-1].read_voltage_V + _VOLTAGE_TOLERANCE
+    ):
+        raise PresetError(
+            f"{path}: read_voltage_V {read_voltage:g} V lies outside its calibrated reads "
+            f"[{reads[0].read_voltage_V:g}, {reads[-1].read_voltage_V:g}] V"
+        )
     return RRAMPreset(
-        levels=tuple(levels),
-        read_voltage_V=_finite(path, "read_voltage_V", payload.get("read_voltage_V", 0.2)),
+        levels=levels,
+        read_voltage_V=read_voltage,
         cycle_to_cycle_read_noise_rel=noise,
         conductance_law=_section(path, payload, "conductance_law"),
         provenance=_section(path, payload, "provenance", required=True),
         record={k: v for k, v in payload.items() if k not in _RRAM_KEYS},
         source=str(path),
+        reads=reads,
     )
 
 

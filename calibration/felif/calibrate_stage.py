@@ -35,7 +35,9 @@ from calibration.felif.fit import (
     Target,
     design_parameters,
     fit,
+    fit_leak,
     fitted_si,
+    near_rheobase_scale,
 )
 from calibration.felif.stimuli import training_stimuli
 from calibration.felif.traces import spice_runs
@@ -91,11 +93,24 @@ def calibrate(
 
     contract.check("felif.cir", netlist)
     output = presets_location(quick, presets_dir, writing=True) / PRESET_NAME
-    stimuli = training_stimuli(quick)
     fixed = design_parameters(netlist)
-    _say(f"felif calibrate: {len(stimuli)} training stimuli through ngspice ({Path(netlist).name})")
+    leak = fit_leak(netlist, fixed)
+    _say(
+        f"felif calibrate: leak from the clamped membrane ({len(leak.voltages)} voltages): "
+        + ", ".join(f"{k} = {v:.6g}" for k, v in leak.values.items())
+        + f"; rheobase {leak.rheobase * 1e12:.4g} pA, "
+        f"max error {leak.record()['rel_error_max_positive']:.2%}"
+    )
     start = time.perf_counter()
-    traces = spice_runs(stimuli, netlist, progress="ngspice felif")
+    scale, probe, probe_trace = near_rheobase_scale(leak.rheobase, netlist, quick)
+    stimuli = training_stimuli(quick, leak.rheobase, scale)
+    _say(
+        f"felif calibrate: {len(stimuli)} training stimuli through ngspice ({Path(netlist).name}); "
+        f"near-rheobase levels at scale {scale:g} ({probe.name} fires at "
+        f"{probe_trace.spike_times[0] * 1e3:.1f} ms)"
+    )
+    others = spice_runs([s for s in stimuli if s != probe], netlist, progress="ngspice felif")
+    traces = [probe_trace if s == probe else others.pop(0) for s in stimuli]
     spice_wall = time.perf_counter() - start
     for stimulus, trace in zip(stimuli, traces, strict=True):
         if len(trace.spike_times) == 0:
@@ -109,7 +124,7 @@ def calibrate(
         )
     targets = [Target(s, t) for s, t in zip(stimuli, traces, strict=True)]
     # Levenberg-Marquardt is local and stalls in shallow valleys (activation field against
-    # interlayer thickness, leak against discharge current): a few fixed starts (never the previous
+    # interlayer thickness): a few fixed starts (never the previous
     # preset, so a calibration does not depend on the last one); the best is kept.
     starts = START_POINTS[:1] if quick else START_POINTS
     attempts = []
@@ -121,7 +136,11 @@ def calibrate(
             f"{start_values or '(paper values)'}"
         )
         result, problem = fit(
-            targets, start=start_values, fixed=fixed, max_nfev=20 if quick else 60, log=_say
+            targets,
+            start=start_values,
+            fixed={**fixed, **leak.values},
+            max_nfev=20 if quick else 60,
+            log=_say,
         )
         attempts.append(
             {
@@ -153,7 +172,7 @@ def calibrate(
     if not np.isfinite(result.chisqr):
         raise FeLIFCalibrationError(f"felif fit failed: chi-square is {result.chisqr}")
     fitted, _, _ = fitted_si(result, problem)  # errors: derived from the stored lmfit Parameters
-    parameters = {**fixed, **fitted, "input_gain": 1.0}
+    parameters = {**fixed, **leak.values, **fitted, "input_gain": 1.0}
     # fields neither fitted nor designed in the netlist keep bruno's defaults (written out, so
     # the preset is complete)
     from bruno import felif, presets
@@ -182,6 +201,8 @@ def calibrate(
                 for v in problem.variables
             },
             "fixed_from_netlist": fixed,
+            "leak": leak.record(),
+            "near_rheobase_scale": scale,
             "chi_square": float(result.chisqr),
             "reduced_chi_square": float(result.redchi),
             "n_data": int(result.ndata),

@@ -6,30 +6,39 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from calibration import (
-    spice,
-)
 from calibration.felif.common import (
-    BOLTZMANN_OVER_Q,
+    CLAMP_FRACTIONS,
+    CLAMP_NEGATIVE,
     DT,
     DTYPE,
     FIT_VARIABLES,
     FIXED_FROM_NETLIST,
+    I_MAX,
+    LEAK_VARIABLES,
     NETLIST,
     RECORD,
+    RHEOBASE_FIRE_BY,
+    RHEOBASE_SCALE_GROWTH,
+    RHEOBASE_SCALE_MAX,
     FeLIFCalibrationError,
     FitVariable,
     PresetError,
 )
-from calibration.felif.stimuli import Stimulus, check_stimulus
-from calibration.felif.traces import Trace, netlist_parameters
+from calibration.felif.stimuli import Stimulus, check_stimulus, lowest_training_level, near_rheobase
+from calibration.felif.traces import (
+    CLAMP_MARGIN,
+    Trace,
+    clamped_leak,
+    netlist_parameters,
+    spice_runs,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Compact model (bruno.felif), batched
@@ -44,19 +53,147 @@ def design_parameters(netlist: str | Path = NETLIST) -> dict[str, float]:
         if name not in params:
             raise FeLIFCalibrationError(f"{netlist}: .param {name} (for {field}) is missing")
         out[field] = params[name]
-    # the diode's emission coefficient times the thermal voltage at the simulation temperature
-    if "leak_n" not in params:
-        raise FeLIFCalibrationError(
-            f"{netlist}: .param leak_n (diode emission coefficient) is missing"
-        )
-    options = re.findall(
-        r"^\s*\.options\b.*?\btemp\s*=\s*([-+\d.eE]+)",
-        spice.read_netlist(netlist),
-        flags=re.IGNORECASE | re.MULTILINE,
-    )
-    temperature = (float(options[-1]) if options else 27.0) + 273.15
-    out["leak_thermal_voltage"] = params["leak_n"] * BOLTZMANN_OVER_Q * temperature
     return out
+
+
+@dataclasses.dataclass
+class LeakFit:
+    """The compact model's leak fitted to the circuit's clamped DC characteristic."""
+
+    values: dict[str, float]  # LEAK_FIELDS, SI
+    errors: dict[str, float | None]  # lmfit standard errors, SI
+    voltages: np.ndarray  # V, held
+    measured: np.ndarray  # A, the circuit's leak at those voltages
+    fitted: np.ndarray  # A, the compact model's
+    rheobase: float  # A, the compact leak at threshold: the lowest DC current that fires
+
+    def record(self) -> dict[str, Any]:
+        positive = self.voltages > 0
+        return {
+            "method": "ngspice voltage clamp on mem (traces.membrane_leak); lmfit leastsq on "
+            "relative residuals at the positive voltages",
+            "fitted_SI": self.values,
+            "stderr_SI": self.errors,
+            "voltages_V": self.voltages.tolist(),
+            "circuit_A": self.measured.tolist(),
+            "compact_A": self.fitted.tolist(),
+            "rel_error_max_positive": float(
+                np.max(np.abs(self.fitted[positive] / self.measured[positive] - 1))
+            ),
+            "rheobase_A": self.rheobase,
+        }
+
+
+def compact_leak(voltages: np.ndarray, parameters: Mapping[str, float]) -> np.ndarray:
+    """The compact model's leak current (A) at ``voltages`` (:func:`bruno.felif.leak_current`)."""
+    import torch
+
+    from bruno import felif
+
+    fields = {f.name for f in dataclasses.fields(felif.FeLIFParameters)}
+    p = felif.FeLIFParameters(**{k: float(v) for k, v in parameters.items() if k in fields})
+    v = torch.as_tensor(np.asarray(voltages, dtype=float), dtype=torch.float64)
+    return felif.leak_current(v, p).numpy()
+
+
+def clamp_voltages(threshold: float) -> np.ndarray:
+    """Held voltages of the leak measurement: :data:`CLAMP_NEGATIVE` and fractions of threshold."""
+    positive = [min(f * threshold, threshold - CLAMP_MARGIN) for f in CLAMP_FRACTIONS]
+    return np.asarray([*CLAMP_NEGATIVE, *positive])
+
+
+def fit_leak(netlist: str | Path = NETLIST, fixed: Mapping[str, float] | None = None) -> LeakFit:
+    """Measure the circuit's leak with the membrane clamped and fit the compact leak to it.
+
+    Only the positive branch is fitted (the rheobase and the sub-threshold drift live there);
+    the reverse branch is reported by the record. ``fixed``: the design fields (area, threshold).
+    """
+    import lmfit
+
+    fixed = dict(fixed if fixed is not None else design_parameters(netlist))
+    threshold = float(fixed["threshold_voltage"])
+    volts = clamp_voltages(threshold)
+    measured = clamped_leak(volts, netlist)
+    positive = volts > 0
+    if np.any(measured[positive] <= 0):
+        raise FeLIFCalibrationError(
+            f"{netlist}: the clamped membrane draws no leak current at "
+            f"{volts[positive][measured[positive] <= 0].tolist()} V; the compact model needs a "
+            "leak that grows with the membrane voltage"
+        )
+    v_pos, i_pos = volts[positive], measured[positive]
+
+    # start: for a given thermal voltage the leak is linear in (I0 A, I_dsc); the best thermal
+    # voltage of that linear fit (relative residuals) is found on a log grid, then refined
+    def linear(vt: float) -> tuple[float, np.ndarray]:
+        basis = np.stack([np.expm1(v_pos / vt), np.ones_like(v_pos)], axis=1) / i_pos[:, None]
+        coef, *_ = np.linalg.lstsq(basis, np.ones_like(v_pos), rcond=None)
+        return float(np.sum((basis @ coef - 1.0) ** 2)), coef
+
+    grid = np.geomspace(0.03, 1.5, 400)
+    vt0 = float(grid[int(np.argmin([linear(vt)[0] for vt in grid]))])
+    _, (a0, b0) = linear(vt0)
+    start = {
+        "leak_current_density": max(a0, 1e-30) / fixed["area"],
+        "discharge_current": max(b0, 0.0),
+        "leak_thermal_voltage": vt0,
+    }
+    params = lmfit.Parameters()
+    for v in LEAK_VARIABLES:
+        x = v.from_si(start[v.field])
+        x = min(max(x, v.lower), v.upper)
+        params.add(v.name, value=x, min=v.lower, max=v.upper)
+
+    def si(p) -> dict[str, float]:
+        return {v.field: v.to_si(p[v.name].value) for v in LEAK_VARIABLES}
+
+    def residual(p) -> np.ndarray:
+        return compact_leak(v_pos, {**fixed, **si(p)}) / i_pos - 1.0
+
+    result = lmfit.minimize(residual, params, method="leastsq", xtol=1e-12, ftol=1e-12)
+    values = si(result.params)
+    errors = {
+        v.field: (
+            v.stderr_si(result.params[v.name].value, result.params[v.name].stderr)
+            if result.params[v.name].stderr is not None
+            else None
+        )
+        for v in LEAK_VARIABLES
+    }
+    full = {**fixed, **values}
+    return LeakFit(
+        values=values,
+        errors=errors,
+        voltages=volts,
+        measured=measured,
+        fitted=compact_leak(volts, full),
+        rheobase=float(compact_leak(np.asarray([threshold]), full)[0]),
+    )
+
+
+def near_rheobase_scale(
+    rheobase: float, netlist: str | Path = NETLIST, quick: bool = False
+) -> tuple[float, Stimulus, Trace]:
+    """The scale of the near-rheobase levels for this circuit (:data:`RHEOBASE_FIRE_BY`): the
+    smallest of 1, 1.5, 1.5^2, ... at which ngspice fires the lowest training level early enough.
+
+    Returns the scale, that stimulus and its trace (a training run: calibration reuses it)."""
+    multiple, window = lowest_training_level(quick)
+    scale = 1.0
+    while True:
+        (stimulus,) = near_rheobase(rheobase, [(multiple, window)], scale=scale)
+        (trace,) = spice_runs([stimulus], netlist)
+        spikes = trace.spike_times
+        if len(spikes) and spikes[0] <= RHEOBASE_FIRE_BY * window:
+            return scale, stimulus, trace
+        scale *= RHEOBASE_SCALE_GROWTH
+        if scale > RHEOBASE_SCALE_MAX or stimulus.dc * RHEOBASE_SCALE_GROWTH > I_MAX:
+            raise FeLIFCalibrationError(
+                f"{netlist}: the circuit does not fire within {RHEOBASE_FIRE_BY * window:g} s "
+                f"even at {stimulus.dc * 1e12:.4g} pA ({stimulus.dc / rheobase:.3g} x its "
+                f"rheobase {rheobase * 1e12:.4g} pA); its charge to threshold is outside what "
+                "the near-rheobase stimuli (at most 2 s) can calibrate"
+            )
 
 
 def compact_runs(
@@ -157,7 +294,8 @@ def injected_charge(stimulus: Stimulus, t: np.ndarray) -> np.ndarray:
 
 
 def residuals(model: Trace, target: Target) -> np.ndarray:
-    """Weighted residuals of one stimulus: spike intervals, then first-interval v and P.
+    """Weighted residuals of one stimulus: spike intervals (times its ``fit_weight``), then
+    first-interval v and P.
 
     Intervals are measured in injected charge (for DC the same as in time): a spike that moves
     across a gap of a pulse train then moves the residual continuously, not by a whole gap, so the
@@ -174,7 +312,7 @@ def residuals(model: Trace, target: Target) -> np.ndarray:
             g = got_q[k + 1] - got_q[k]
         else:  # the model has not fired yet: censored at the end of the window
             g = max(horizon_q - got_q[min(k, len(got_q) - 1)], r) * 1.05
-        out.append((g - r) / r / SIGMA_INTERVAL)
+        out.append((g - r) / r / SIGMA_INTERVAL * stimulus.fit_weight)
     # sub-threshold traces aligned on the interval that starts at t = 0 (same initial state)
     # (the grid depends on the target only, so every evaluation has the same residual length)
     end = (target.trace.spike_times[0] if len(target.trace.spike_times) else horizon) - 0.2e-3

@@ -9,7 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from calibration.felif.common import DT, I_MAX, I_MIN, I_NEGATIVE_MAX, StimulusRangeError
+from calibration.felif.common import (
+    DT,
+    I_MAX,
+    I_MIN,
+    I_NEGATIVE_MAX,
+    QUICK_RHEOBASE_TRAINING,
+    QUICK_RHEOBASE_VALIDATION,
+    RHEOBASE_FIT_WEIGHT,
+    RHEOBASE_TRAINING,
+    RHEOBASE_VALIDATION,
+    StimulusRangeError,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +33,7 @@ class Stimulus:
     times: tuple[float, ...] = ()  # s, PWL breakpoints (strictly increasing, first 0)
     currents: tuple[float, ...] = ()  # A
     description: str = ""
+    fit_weight: float = 1.0  # weight of its spike residuals in the fit (calibration.felif.fit)
 
     def current(self, t: np.ndarray) -> np.ndarray:
         """Input current (A) at times ``t`` (s); after ``duration`` it holds its last value."""
@@ -58,6 +70,8 @@ class Stimulus:
                 max_A=float(max(self.currents)),
                 description=self.description,
             )
+        if self.fit_weight != 1.0:
+            out["fit_weight"] = self.fit_weight
         return out
 
     def mean_current(self) -> float:
@@ -216,13 +230,38 @@ def check_stimulus(stimulus: Stimulus) -> None:
         )
 
 
-def training_stimuli(quick: bool) -> list[Stimulus]:
-    """DC levels across the working range and current pulse trains (never used by validation)."""
+def near_rheobase(
+    rheobase: float,
+    levels: Sequence[tuple[float, float]],
+    fit_weight: float = 1.0,
+    scale: float = 1.0,
+) -> list[Stimulus]:
+    """DC levels near the circuit's ``rheobase`` (A): ``(multiple m, window s)`` pairs at
+    ``rheobase x (1 + (m - 1) x scale)`` (``scale``: :func:`~calibration.felif.fit.
+    near_rheobase_scale`, 1 for the shipped device)."""
+    out = []
+    for m, window in levels:
+        current = rheobase * (1.0 + (m - 1.0) * scale)
+        stimulus = dc_stimulus(current, window, name=f"dc_{current * 1e12:.4g}pA")
+        out.append(dataclasses.replace(stimulus, fit_weight=fit_weight))
+    return out
+
+
+def lowest_training_level(quick: bool) -> tuple[float, float]:
+    """The near-rheobase training level ``(multiple, window s)`` that sets the device's scale."""
+    return min(QUICK_RHEOBASE_TRAINING if quick else RHEOBASE_TRAINING)
+
+
+def training_stimuli(quick: bool, rheobase: float, scale: float = 1.0) -> list[Stimulus]:
+    """DC levels across the working range, near the circuit's ``rheobase`` (A; levels placed by
+    ``scale``, :func:`near_rheobase`) included, and current pulse trains (never used by
+    validation)."""
     if quick:
         return [
             dc_stimulus(0.6e-9, 0.06),
             dc_stimulus(1.6e-9, 0.03),
             pulse_train(1.5e-9, 1e-3, 2.5e-3, 0.06, name="pulses_1.5nA_1ms_2.5ms"),
+            *near_rheobase(rheobase, QUICK_RHEOBASE_TRAINING, RHEOBASE_FIT_WEIGHT, scale),
         ]
     window = 0.2
     return [
@@ -234,20 +273,25 @@ def training_stimuli(quick: bool) -> list[Stimulus]:
         dc_stimulus(1.6e-9, 0.05),
         pulse_train(1.5e-9, 1e-3, 4e-3, window, baseline=0.05e-9, name="pulses_1.5nA_1ms_4ms"),
         pulse_train(0.8e-9, 5e-3, 8e-3, 0.15, name="pulses_0.8nA_5ms_8ms"),
+        *near_rheobase(rheobase, RHEOBASE_TRAINING, RHEOBASE_FIT_WEIGHT, scale),
     ]
 
 
-def validation_stimuli(quick: bool) -> tuple[list[Stimulus], list[Stimulus]]:
-    """(trace/ISI stimuli, extra f-I levels): held-out DC levels, edges included, a random
-    spike train, and negative drive (steps onto the clamp, a spike train of signed pulses as a
-    signed synaptic sum makes); none of them is a training stimulus, and calibration never sees
-    a negative input."""
+def validation_stimuli(
+    quick: bool, rheobase: float, scale: float = 1.0
+) -> tuple[list[Stimulus], list[Stimulus]]:
+    """(trace/ISI stimuli, extra f-I levels): held-out DC levels, the top of the range and near
+    the circuit's ``rheobase`` (A; below it the neuron must not fire) included, a random spike
+    train, and negative drive (steps onto the clamp, a spike train of signed pulses as a signed
+    synaptic sum makes); none of them is a training stimulus, and calibration never sees a
+    negative input."""
     if quick:
         main = [
             dc_stimulus(0.45e-9, 0.09),
             dc_stimulus(2.0e-9, 0.03),
             spike_train(120.0, 0.08, seed=11),
             negative_step(-2e-9, 10e-3, 1.2e-9, 0.04),
+            *near_rheobase(rheobase, QUICK_RHEOBASE_VALIDATION, scale=scale),
         ]
         return main, []
     signed = (-3e-9, 1.5e-9)
@@ -263,6 +307,7 @@ def validation_stimuli(quick: bool) -> tuple[list[Stimulus], list[Stimulus]]:
         spike_train(
             200.0, 0.3, seed=23, amplitude=signed, baseline=0.4e-9, name="signed_spiketrain_seed23"
         ),
+        *near_rheobase(rheobase, RHEOBASE_VALIDATION, scale=scale),
     ]
     extra = [dc_stimulus(i) for i in (0.13e-9, 0.19e-9, 0.45e-9, 1.3e-9)]
     return main, extra

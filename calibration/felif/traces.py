@@ -176,3 +176,73 @@ def spice_runs(
             f"{detail}"
         )
     return results
+
+
+# Voltage clamp: the membrane's static current-voltage characteristic
+CLAMP_HOLD = 2e-3  # s per held voltage
+CLAMP_SWITCH = 0.1  # s at the highest positive voltage first: every domain switches to +Ps
+CLAMP_MARGIN = 0.03  # V below threshold: the highest held voltage (the comparator stays off)
+CLAMP_MIN = 0.4  # V, |v| held at least: nearer 0 V the ferroelectric creeps (a slow current)
+
+
+def membrane_leak(voltages: Sequence[float], netlist: str | Path = NETLIST) -> np.ndarray:
+    """The circuit's static leak current (A) with the membrane held at ``voltages`` (V).
+
+    The input source is replaced by a voltage source on ``mem``. It steps through the negative
+    voltages upwards from the initial state (polarisation -Ps, which they keep), then holds
+    threshold - :data:`CLAMP_MARGIN` for :data:`CLAMP_SWITCH` (every domain switches to +Ps,
+    the slowest within that time to < 0.1 pA) and steps through the positive ones downwards
+    (+Ps is kept). At the end of each hold the capacitors
+    and the ferroelectric carry no current, so the current the source supplies is what the leak
+    elements draw: the DC characteristic the compact model's leak must have. The comparator and
+    reset stay off below threshold by :data:`CLAMP_MARGIN`.
+    """
+    volts = np.asarray(voltages, dtype=float)
+    params = netlist_parameters(netlist)
+    threshold = params.get("vthr", 2.5)
+    top = threshold - CLAMP_MARGIN
+    if volts.size == 0 or np.any(np.abs(volts) < CLAMP_MIN) or volts.max() > top:
+        raise FeLIFCalibrationError(
+            f"membrane_leak: held voltages need {CLAMP_MIN:g} V <= |v| and v <= {top:g} V "
+            f"(threshold - margin); got {volts.tolist()}"
+        )
+    order = [*np.sort(volts[volts < 0]), *np.sort(volts[volts > 0])[::-1]]
+    edge, t, points, ends = 1e-6, 0.0, ["0 0"], []
+    for v in order:
+        if v > 0 and t > 0 and float(points[-1].split()[1]) < 0 or v > 0 and t == 0:
+            # switch every domain to +Ps at the highest voltage allowed before the positive ones
+            points += [f"{t + edge:.9g} {top:.9g}", f"{t + CLAMP_SWITCH:.9g} {top:.9g}"]
+            t += CLAMP_SWITCH
+        points += [f"{t + edge:.9g} {v:.9g}", f"{t + CLAMP_HOLD:.9g} {v:.9g}"]
+        t += CLAMP_HOLD
+        ends.append(t)
+    deck = spice.read_netlist(netlist)
+    if len(_INPUT_LINE.findall(deck)) != 1:
+        raise spice.SpiceError(
+            f"{netlist}: expected exactly one input source line 'Iin 0 mem ...' to replace"
+        )
+    deck = _INPUT_LINE.sub(lambda _: f"Vhold mem 0 PWL({' '.join(points)})", deck)
+    deck = _MEAS_LINE.sub("", deck)
+    max_step = params.get("t_max", 2e-6)
+    analysis = f"tran {max_step:.6g} {t:.9g} 0 {max_step:.6g} uic"
+    result = spice.simulate(deck, analysis, name=f"{Path(netlist).name}[voltage clamp]")
+    # the source supplies what the leak draws
+    measured = np.interp(np.asarray(ends) - 2 * max_step, result["time"], -result["vhold#branch"])
+    by_voltage = dict(zip(order, measured, strict=True))
+    return np.asarray([by_voltage[v] for v in volts])
+
+
+def _leak_job(arguments: tuple[list[float], str]) -> np.ndarray:
+    return membrane_leak(*arguments)
+
+
+def clamped_leak(voltages: Sequence[float], netlist: str | Path = NETLIST) -> np.ndarray:
+    """:func:`membrane_leak` in a worker process, as every calibration run of ngspice is (its
+    shared library stays out of this process); a failure raises, naming the netlist."""
+    job = ([float(v) for v in voltages], str(netlist))
+    results, failures = execution.run_many(_leak_job, [job])
+    if failures:
+        raise FeLIFCalibrationError(
+            f"ngspice failed for the voltage clamp of {netlist}: {failures[0].error}"
+        )
+    return results[0]

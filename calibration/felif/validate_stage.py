@@ -26,7 +26,13 @@ from calibration.felif.common import (
     VALIDATION_DTYPE,
     FeLIFCalibrationError,
 )
-from calibration.felif.fit import compact_runs
+from calibration.felif.fit import (
+    compact_leak,
+    compact_runs,
+    design_parameters,
+    fit_leak,
+    near_rheobase_scale,
+)
 from calibration.felif.stimuli import Stimulus, dc_stimulus, training_stimuli, validation_stimuli
 from calibration.felif.traces import netlist_parameters, spice_runs, subthreshold_mask
 
@@ -41,6 +47,22 @@ def _matched_isi_errors(model: np.ndarray, reference: np.ndarray) -> np.ndarray:
         return np.asarray([])
     m, r = np.diff(model[:n]), np.diff(reference[:n])
     return np.abs(m - r) / r
+
+
+def comparison_horizon(reference_spikes: np.ndarray, duration: float) -> float:
+    """Where spikes stop being compared (s): half an interval after the circuit's last spike.
+
+    A window ends wherever it ends relative to the spikes; without a horizon a model spike 1 %
+    early could fall just inside it and the circuit's just outside, a count mismatch that says
+    nothing. Past the circuit's last spike plus half its last interval (its first spike time
+    if it fired once) neither neuron is compared; with no circuit spike, the whole window is
+    (the model must not fire either).
+    """
+    spikes = np.asarray(reference_spikes, dtype=float)
+    if spikes.size == 0:
+        return float(duration)
+    last = float(np.diff(spikes)[-1]) if spikes.size > 1 else float(spikes[0])
+    return float(min(duration, spikes[-1] + 0.5 * last))
 
 
 def _nrmse(a: np.ndarray, b: np.ndarray, span: float) -> float:
@@ -62,8 +84,19 @@ def validate(
     output_dir = reports_location(quick, reports_dir)
     payload = load_preset(preset).to_payload()
     parameters = payload["parameters"]
-    main, extra = validation_stimuli(quick)
-    training = {s.name for s in training_stimuli(False)} | {s.name for s in training_stimuli(True)}
+    # the circuit's leak, measured as calibration measures it, against the preset's
+    leak = fit_leak(netlist, design_parameters(netlist))
+    compact_leak_a = compact_leak(leak.voltages, parameters)
+    positive = leak.voltages > 0
+    leak_error = float(np.max(np.abs(compact_leak_a[positive] / leak.measured[positive] - 1)))
+    compact_rheobase = float(
+        compact_leak(np.asarray([parameters["threshold_voltage"]]), parameters)[0]
+    )
+    # the near-rheobase levels are placed for this circuit as calibration places them (from
+    # ngspice alone, the same scale for both sets)
+    scale = near_rheobase_scale(leak.rheobase, netlist, quick)[0]
+    main, extra = validation_stimuli(quick, leak.rheobase, scale)
+    training = {s.name for q in (False, True) for s in training_stimuli(q, leak.rheobase, scale)}
     leaked = [s.name for s in main + extra if s.name in training]
     if leaked:
         raise FeLIFCalibrationError(f"validation stimuli {leaked} are training stimuli")
@@ -86,7 +119,11 @@ def validate(
     v_span = float(parameters["threshold_voltage"] - parameters["reset_voltage"])
     per_stimulus, all_isi, pooled_v, pooled_p, first_spike = [], [], [], [], []
     failures: list[str] = []
-    for s, sp, cm in zip(stimuli, spice_traces, compact_traces, strict=True):
+    for s, sp, cm_full in zip(stimuli, spice_traces, compact_traces, strict=True):
+        horizon = comparison_horizon(sp.spike_times, s.duration)
+        cm = dataclasses.replace(
+            cm_full, spike_times=cm_full.spike_times[cm_full.spike_times <= horizon]
+        )
         errors = _matched_isi_errors(cm.spike_times, sp.spike_times)
         n = min(len(cm.spike_times), len(sp.spike_times))
         spike_err = (
@@ -94,7 +131,7 @@ def validate(
             if n
             else np.asarray([])
         )
-        mask = subthreshold_mask(sp.time, sp.spike_times, cm.spike_times)
+        mask = subthreshold_mask(sp.time, sp.spike_times, cm.spike_times) & (sp.time <= horizon)
         v_model = np.interp(sp.time, cm.time, cm.v)
         p_model = np.interp(sp.time, cm.time, cm.polarization)
         dv = (v_model - sp.v)[mask]
@@ -118,6 +155,7 @@ def validate(
                 "spikes_spice": sp.spike_times.tolist(),
                 "spikes_compact": cm.spike_times.tolist(),
                 "spike_count_equal": count_ok,
+                "compared_until_s": horizon,
                 "isi_rel_errors": errors.tolist(),
                 "spike_time_rel_errors": spike_err.tolist(),
                 "v_nrmse": _nrmse(v_model[mask], sp.v[mask], v_span),
@@ -235,6 +273,7 @@ def validate(
         "v_nrmse": v_nrmse <= TARGETS["v_nrmse"],
         "spike_counts_equal": not failures,
         "spice_convergence": bool(conv_shift < 0.005),
+        "leak_rel_error_max": leak_error <= TARGETS["leak_rel_error_max"],
     }
     passed = all(checks.values())
     report = {
@@ -248,6 +287,21 @@ def validate(
         "first_spike_rel_error_max": first_max,
         "first_spike_definition": "|t1_compact - t1_spice| / t1_spice, first spike of each "
         "held-out trace stimulus, times from the stimulus start",
+        "leak": {
+            "definition": "the circuit's leak with the membrane voltage-clamped in ngspice "
+            "(traces.membrane_leak) against the preset's compact leak; the rheobase is the "
+            "leak at threshold, the lowest DC current that fires",
+            "voltages_V": leak.voltages.tolist(),
+            "circuit_A": leak.measured.tolist(),
+            "compact_A": compact_leak_a.tolist(),
+            "rel_error_max_positive": leak_error,
+            "rheobase_circuit_A": leak.rheobase,
+            "rheobase_compact_A": compact_rheobase,
+            "near_rheobase_scale": scale,
+            "near_rheobase_stimuli": [
+                s.name for s in stimuli if s.dc is not None and s.dc < 4 * leak.rheobase
+            ],
+        },
         "negative_clamp": {
             "compact_floor_V": -V_CLIP,
             "stimuli": [r["stimulus"]["name"] for r in negative],
@@ -315,6 +369,9 @@ def validate(
         f"(targets {TARGETS['isi_rel_error_median']}, {TARGETS['isi_rel_error_max']}); "
         f"first spike max {first_max:.4f} (target {TARGETS['first_spike_rel_error_max']}); "
         f"v NRMSE {v_nrmse:.4f} (target {TARGETS['v_nrmse']}); P NRMSE {p_nrmse:.4f}; "
+        f"leak max error {leak_error:.2%} (target {TARGETS['leak_rel_error_max']:.0%}), "
+        f"rheobase compact {compact_rheobase * 1e12:.4g} vs circuit "
+        f"{leak.rheobase * 1e12:.4g} pA; "
         f"SPICE max-step halving moves spikes {conv_shift:.2e}; "
         f"speed compact {report['speed']['compact_neuron_seconds_per_wall_second']:.3g} "
         f"({report['speed']['compact_batched_neuron_seconds_per_wall_second']:.3g} at {batch} "

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -17,6 +17,8 @@ from calibration import (
 )
 from calibration.rram.common import (
     NETLIST,
+    READ_DISTURB_MAX_REL,
+    READ_DISTURB_READS,
     READ_NETLIST,
     READ_VOLTAGE,
     T_PULSE,
@@ -102,22 +104,36 @@ def _tran_with_retries(deck: str, t_end: float, name: str) -> tuple[spice.SpiceR
     )
 
 
-def read(n_disc: float, device: Device | None = None, *, v_read: float = READ_VOLTAGE) -> float:
-    """Read conductance (S) of a cell in state ``n_disc`` at the read voltage."""
+class CellRead(NamedTuple):
+    """One read of a cell: its conductance and how far the read moved its state."""
+
+    conductance_S: float  # G = I / v_read at the end of the read
+    state_drift_rel: float  # (N_disc after - N_disc before) / N_disc before, over the one read
+
+
+def read_cell(
+    n_disc: float, device: Device | None = None, *, v_read: float = READ_VOLTAGE
+) -> CellRead:
+    """Read a cell in state ``n_disc`` at ``v_read`` (V): conductance (S) and the state's drift."""
     device = check_device(device or Device())
     if not (math.isfinite(n_disc) and n_disc > 0):
         raise RRAMError(f"state N_disc={n_disc!r} must be a positive number (1e26 m^-3)")
     deck = spice.set_parameters(
         _deck(READ_NETLIST), {**device.parameters(), "n_state": n_disc, "v_read": v_read}
     )
-    name = f"rram read N_disc={n_disc:.4g} {_describe(device)}"
+    name = f"rram read N_disc={n_disc:.4g} at {v_read:g} V {_describe(device)}"
     result = spice.simulate(deck, "tran 0.1n 20n 0 0.5n uic", name=name)
     current = -float(result["vrd#branch"][-1])
     voltage = float(result["oe"][-1])
     conductance = current / voltage
     if not (math.isfinite(conductance) and conductance > 0):
         raise spice.ConvergenceError(f"{name}: read gave G={conductance!r} S")
-    return conductance
+    return CellRead(conductance, float(result["xcell.nd"][-1]) / n_disc - 1.0)
+
+
+def read(n_disc: float, device: Device | None = None, *, v_read: float = READ_VOLTAGE) -> float:
+    """Read conductance (S) of a cell in state ``n_disc`` at the read voltage (V)."""
+    return read_cell(n_disc, device, v_read=v_read).conductance_S
 
 
 def _describe(device: Device) -> str:
@@ -127,12 +143,62 @@ def _describe(device: Device) -> str:
     )
 
 
-def program_and_read(job: Mapping[str, Any]) -> dict[str, float]:
-    """Worker entry point: ``{"i_prog": A, "device": {...}}`` -> state and read conductance."""
+def program_and_read(job: Mapping[str, Any]) -> dict[str, Any]:
+    """Worker entry point: ``{"i_prog": A, "device": {...}, "read_voltages_V": [V, ...]}`` -> the
+    programmed state, its conductance at :data:`READ_VOLTAGE` (``g_read_S``) and, when read
+    voltages are given, those and its conductance and state drift at each (``read_voltages_V``,
+    ``g_reads_S``, ``state_drifts_rel``; one programmed state read at every voltage, the default
+    read reused)."""
     device = Device(**job.get("device", {}))
     programmed = program(job["i_prog"], device)
-    conductance = read(programmed["n_disc"], device)
-    return {**programmed, "g_read_S": conductance}
+    voltages = [float(v) for v in job.get("read_voltages_V", ())]
+    reads = {
+        v: read_cell(programmed["n_disc"], device, v_read=v) for v in {READ_VOLTAGE, *voltages}
+    }
+    out: dict[str, Any] = {**programmed, "g_read_S": reads[READ_VOLTAGE].conductance_S}
+    if voltages:
+        out["read_voltages_V"] = voltages
+        out["g_reads_S"] = [reads[v].conductance_S for v in voltages]
+        out["state_drifts_rel"] = [reads[v].state_drift_rel for v in voltages]
+    return out
+
+
+def _at(row: Mapping[str, Any], key: str, v_read: float) -> float:
+    """``row[key]`` (a per-read-voltage list of :func:`program_and_read`) at ``v_read`` (V)."""
+    voltages = [round(float(v), 9) for v in row["read_voltages_V"]]
+    return float(row[key][voltages.index(round(v_read, 9))])
+
+
+def conductances_at(rows: Sequence[Mapping[str, Any] | None], v_read: float) -> list[float | None]:
+    """The conductances (S) at ``v_read`` (V) of :func:`program_and_read` results (None stays)."""
+    return [None if r is None else _at(r, "g_reads_S", v_read) for r in rows]
+
+
+def read_disturb(
+    reads: Iterable[tuple[str, float, Mapping[str, Any] | None]], voltages: Sequence[float]
+) -> list[dict[str, Any]]:
+    """Per read voltage (V), the largest state drift one read caused over ``reads`` (``(device
+    label, programming current, program_and_read result)``) and whether that read disturbs:
+    :data:`READ_DISTURB_READS` such reads move N_disc by more than :data:`READ_DISTURB_MAX_REL`."""
+    worst: list[tuple[float, str, float]] = [(0.0, "", math.nan) for _ in voltages]
+    for label, i_prog, row in reads:
+        if row is None:
+            continue
+        for k, v in enumerate(voltages):
+            drift = abs(_at(row, "state_drifts_rel", v))
+            if drift >= worst[k][0]:
+                worst[k] = (drift, label, i_prog)
+    return [
+        {
+            "read_voltage_V": float(v),
+            "state_drift_per_read_rel_max": drift,
+            "worst_device": label,
+            "worst_programming_current_A": i_prog,
+            "reads_to_max_drift": READ_DISTURB_MAX_REL / drift if drift > 0 else None,
+            "disturbs": drift * READ_DISTURB_READS > READ_DISTURB_MAX_REL,
+        }
+        for v, (drift, label, i_prog) in zip(voltages, worst, strict=True)
+    ]
 
 
 def run_jobs(
@@ -194,12 +260,21 @@ def sample_devices(count: int, seed: int) -> list[Device]:
 
 
 def sweep(
-    currents: Sequence[float], devices: Mapping[str, Device], *, workers: int | None = None
-) -> tuple[dict[str, list[dict[str, float] | None]], list[dict[str, Any]]]:
-    """Program-and-read every device at every current; failures are returned, never dropped."""
+    currents: Sequence[float],
+    devices: Mapping[str, Device],
+    *,
+    read_voltages: Sequence[float] = (),
+    workers: int | None = None,
+) -> tuple[dict[str, list[dict[str, Any] | None]], list[dict[str, Any]]]:
+    """Program-and-read every device at every current (and at every one of ``read_voltages``);
+    failures are returned, never dropped."""
     currents = [check_programming_current(i) for i in currents]
     names = list(devices)
-    jobs = [{"i_prog": i, "device": devices[name].parameters()} for name in names for i in currents]
+    jobs = [
+        {"i_prog": i, "device": devices[name].parameters(), "read_voltages_V": list(read_voltages)}
+        for name in names
+        for i in currents
+    ]
     results, failures = run_jobs(jobs, workers=workers, progress="rram sweep")
     table: dict[str, list[dict[str, float] | None]] = {}
     for k, name in enumerate(names):
@@ -219,9 +294,15 @@ def _failure_record(
 
 
 def monte_carlo(
-    currents: Sequence[float], devices_per_state: int, seed: int, *, workers: int | None = None
-) -> tuple[list[list[float]], list[dict[str, Any]], list[list[dict[str, float] | None]]]:
-    """Program ``devices_per_state`` sampled devices to each current; conductances per state.
+    currents: Sequence[float],
+    devices_per_state: int,
+    seed: int,
+    *,
+    read_voltages: Sequence[float] = (),
+    workers: int | None = None,
+) -> tuple[list[list[float]], list[dict[str, Any]], list[list[dict[str, Any] | None]]]:
+    """Program ``devices_per_state`` sampled devices to each current; conductances per state at
+    :data:`READ_VOLTAGE`, and the raw results (each read at every one of ``read_voltages``).
 
     The same devices are used for every state (device-to-device variability: a device with a wide
     filament is wide at every level). Failed runs are returned with their device and reason.
@@ -229,7 +310,13 @@ def monte_carlo(
     devices = sample_devices(devices_per_state, seed)
     currents = [check_programming_current(i) for i in currents]
     jobs = [
-        {"i_prog": i, "device": d.parameters(), "state": s, "device_index": j}
+        {
+            "i_prog": i,
+            "device": d.parameters(),
+            "state": s,
+            "device_index": j,
+            "read_voltages_V": list(read_voltages),
+        }
         for s, i in enumerate(currents)
         for j, d in enumerate(devices)
     ]

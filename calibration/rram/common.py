@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -74,7 +75,27 @@ V_SET = 2.0
 T_PULSE = 200e-9
 
 
+#: The default read voltage (V, SET polarity): the preset's ``levels`` are read here, and so are the
+#: level currents chosen. Training uses it unless told another (``RRAMPreset.at_read_voltage``).
 READ_VOLTAGE = 0.2
+
+
+#: Read voltages (V) calibration reads every programmed state at; those whose reads disturb the
+#: state (:data:`READ_DISTURB_READS`) are dropped, the others are the preset's supported voltages.
+#: The cell's read I-V is non-linear (Schottky interface, Joule heating): the lowest level reads
+#: 3.5 % lower at 0.1 V than at 0.2 V (nominal cell), the highest 0.5 %.
+READ_VOLTAGE_CANDIDATES = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+
+
+#: A read disturbs the state when :data:`READ_DISTURB_READS` reads (each the read deck's 20 ns
+#: transient) move N_disc by more than :data:`READ_DISTURB_MAX_REL` (extrapolated linearly from the
+#: drift of one read): about as many reads as one inference over a test set makes of every cell
+#: (thousands of samples x hundreds of time steps). The drift is the field- and heat-driven ionic
+#: motion at the read bias (the filament heats); it grows 100-400x per 50 mV above 0.1 V.
+READ_DISTURB_READS = 1e6
+
+
+READ_DISTURB_MAX_REL = 0.01
 
 
 #: The cell's useful programming-current range: below it the SET does not complete within the
@@ -149,12 +170,17 @@ def check_device(device: Device) -> Device:
     return device
 
 
-#: Programming currents of the nominal sweep the conductance law is fitted to, and the held-out
-#: ones used only by ``validate`` (between the fitted points and beyond both ends of the fit).
-FIT_CURRENTS = tuple(float(x) for x in np.geomspace(30e-6, 350e-6, 12))
+#: Programming currents of the nominal sweep the conductance law is fitted to: the cell's whole
+#: useful range, ends included, so that neither the levels (:data:`LEVEL_CURRENT_RANGE`) nor the
+#: validation ever ask the law to extrapolate. The held-out ones, used only by ``validate``, are
+#: the geometric midpoints of neighbouring fit currents: strictly inside the fitted range, one in
+#: every interval (the first and last test its ends).
+FIT_CURRENTS = tuple(float(x) for x in np.geomspace(I_PROG_MIN, I_PROG_MAX, 13))
 
 
-HELD_OUT_CURRENTS = (20e-6, 25e-6, 41e-6, 67e-6, 105e-6, 175e-6, 280e-6, 380e-6, 400e-6)
+HELD_OUT_CURRENTS = tuple(
+    float(np.sqrt(a * b)) for a, b in zip(FIT_CURRENTS, FIT_CURRENTS[1:], strict=False)
+)
 
 
 #: Conductance range the eight states are spread over (equally spaced in conductance between the
@@ -165,7 +191,23 @@ LEVEL_CURRENT_RANGE = (30e-6, 400e-6)
 N_LEVELS = 8
 
 
-LAW_NAME = "1/G = r_s + 1/(k x^(p + q ln x)), x = I_prog / 100 uA"
+LAW_NAME = (
+    "1/G = r_s + 1/g_f, g_f = g_p / (1 + (g_p / g_max)^m)^(1/m), g_p = k x^(p + q ln x), "
+    "x = I_prog / 100 uA"
+)
+
+
+def check_within_fit(currents: Sequence[float], fit_currents: Sequence[float], what: str) -> None:
+    """Refuse programming currents outside the range the conductance law was fitted over (the law
+    is validated between its fit points only; beyond them it extrapolates)."""
+    lo, hi = min(fit_currents), max(fit_currents)
+    outside = [i for i in currents if not lo * (1 - 1e-9) <= i <= hi * (1 + 1e-9)]
+    if outside:
+        raise RRAMError(
+            f"{what} {', '.join(f'{i * 1e6:.4g}' for i in outside)} uA lie outside the "
+            f"conductance law's fitted range [{lo * 1e6:.4g}, {hi * 1e6:.4g}] uA; the law is "
+            "not validated beyond its fit points: recalibrate (make calibrate) or fit over them"
+        )
 
 
 CALIBRATION_SEED = 20250523

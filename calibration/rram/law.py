@@ -19,39 +19,66 @@ from calibration.rram.common import (
 )
 
 
-def conductance_law(i_prog: np.ndarray, r_s: float, k: float, p: float, q: float) -> np.ndarray:
+def conductance_law(
+    i_prog: np.ndarray,
+    r_s: float,
+    k: float,
+    p: float,
+    q: float,
+    g_max: float = math.inf,
+    m: float = 1.0,
+) -> np.ndarray:
     """Read conductance (S) vs programming current (A).
 
     A series resistance ``r_s`` (interface at high N, plug, TiOx and electrodes) in series with a
-    filament whose conductance grows as a bent power of the compliance current:
-    ``1/G = r_s + 1/g_f``, ``g_f = k x^(p + q ln x)``, ``x = i_prog / 100 uA``.
+    filament whose conductance grows as a bent power of the compliance current,
+    ``g_p = k x^(p + q ln x)``, ``x = i_prog / 100 uA``, until it saturates at ``g_max`` (the
+    filament at N_discmax: F_lim stops the SET there, and a narrow filament gets there within the
+    useful current range) with a smooth minimum of sharpness ``m``:
+    ``1/G = r_s + 1/g_f``, ``g_f = g_p / (1 + (g_p / g_max)^m)^(1/m)``. ``g_max = inf`` is the
+    bent power alone (the law of presets before the saturation term).
     """
     x = np.asarray(i_prog, dtype=float) / 100e-6
     log_x = np.log(x)
-    g_f = k * np.exp((p + q * log_x) * log_x)
+    g_p = k * np.exp((p + q * log_x) * log_x)
+    g_f = g_p / (1.0 + (g_p / g_max) ** m) ** (1.0 / m)
     return 1.0 / (r_s + 1.0 / g_f)
 
 
+#: Starting points of the law fit (``g_max`` in units of the largest swept conductance, ``m``): the
+#: saturation term makes the least-squares problem multi-modal (a fit started with a far ``g_max``
+#: stays on the bent power alone), so the fit starts from each and keeps the best.
+LAW_FIT_STARTS = tuple((g, m) for g in (1.5, 3.0, 10.0, 100.0) for m in (2.0, 6.0))
+
+
 def fit_conductance_law(currents: Sequence[float], conductances: Sequence[float]) -> dict[str, Any]:
-    """lmfit least squares in relative error; parameters, 1-sigma uncertainties and the report."""
+    """lmfit least squares in relative error (best of :data:`LAW_FIT_STARTS`); parameters,
+    1-sigma uncertainties and the report."""
     import lmfit
 
     currents = np.asarray(currents, dtype=float)
     conductances = np.asarray(conductances, dtype=float)
-    if currents.size < 5 or not np.all(np.isfinite(conductances)):
+    if currents.size < 7 or not np.all(np.isfinite(conductances)):
         raise RRAMError(
-            f"the conductance law needs >= 5 finite sweep points, got {currents.size} "
+            f"the conductance law needs >= 7 finite sweep points, got {currents.size} "
             f"({int(np.sum(~np.isfinite(conductances)))} not finite)"
         )
     model = lmfit.Model(conductance_law, independent_vars=["i_prog"])
-    params = model.make_params(r_s=1400.0, k=3e-4, p=1.5, q=0.0)
-    params["r_s"].set(min=0.0, max=1e5)
-    params["k"].set(min=1e-7, max=1.0)
-    params["p"].set(min=0.0, max=5.0)
-    params["q"].set(min=-2.0, max=2.0)
-    result = model.fit(conductances, params, i_prog=currents, weights=1.0 / conductances)
-    if not result.success:
-        raise RRAMError(f"conductance-law fit did not converge: {result.message}")
+    g_top = float(np.max(conductances))
+    result = None
+    for g_start, m_start in LAW_FIT_STARTS:
+        params = model.make_params(r_s=1400.0, k=3e-4, p=1.5, q=0.0, g_max=g_start * g_top)
+        params.add("m", value=m_start, min=0.5, max=20.0)
+        params["r_s"].set(min=0.0, max=1e5)
+        params["k"].set(min=1e-7, max=1.0)
+        params["p"].set(min=0.0, max=5.0)
+        params["q"].set(min=-2.0, max=2.0)
+        params["g_max"].set(min=0.5 * g_top, max=1.0)
+        fit = model.fit(conductances, params, i_prog=currents, weights=1.0 / conductances)
+        if fit.success and (result is None or fit.chisqr < result.chisqr):
+            result = fit
+    if result is None:
+        raise RRAMError(f"conductance-law fit did not converge from any of {LAW_FIT_STARTS}")
     predicted = result.eval(i_prog=currents)
     rel = (predicted - conductances) / conductances
     return {
@@ -61,7 +88,7 @@ def fit_conductance_law(currents: Sequence[float], conductances: Sequence[float]
             name: (float(par.stderr) if par.stderr is not None else None)
             for name, par in result.params.items()
         },
-        "units": {"r_s": "Ohm", "k": "S", "p": "1", "q": "1"},
+        "units": {"r_s": "Ohm", "k": "S", "p": "1", "q": "1", "g_max": "S", "m": "1"},
         "fit_currents_A": currents.tolist(),
         "fit_conductances_S": conductances.tolist(),
         "fit_rel_error_max": float(np.max(np.abs(rel))),
@@ -71,8 +98,24 @@ def fit_conductance_law(currents: Sequence[float], conductances: Sequence[float]
 
 
 def law_from_payload(law: Mapping[str, Any]) -> Any:
+    """The law of a preset as a function of programming current (A) -> conductance (S): a fitted
+    law, or one interpolated in read voltage between two (:meth:`bruno.presets.RRAMPreset.
+    at_read_voltage`: ``{"interpolated_between": [law, law], "weights": [w, 1 - w]}``)."""
+    if "interpolated_between" in law:
+        parts = [law_from_payload(part) for part in law["interpolated_between"]]
+        weights = [float(w) for w in law["weights"]]
+        return lambda i: sum(w * f(i) for w, f in zip(weights, parts, strict=True))
     parameters = dict(law["parameters"])
     return lambda i: conductance_law(np.asarray(i, dtype=float), **parameters)
+
+
+def fitted_range(law: Mapping[str, Any]) -> tuple[float, float]:
+    """The programming currents (A) a preset's law was fitted over (an interpolated law: both)."""
+    if "interpolated_between" in law:
+        ranges = [fitted_range(part) for part in law["interpolated_between"]]
+        return max(lo for lo, _ in ranges), min(hi for _, hi in ranges)
+    currents = law["fit_currents_A"]
+    return float(min(currents)), float(max(currents))
 
 
 def invert_law(law: Any, target: float, lo: float = I_PROG_MIN, hi: float = I_PROG_MAX) -> float:
