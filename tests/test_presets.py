@@ -167,7 +167,10 @@ def test_uncertainties_are_derived_from_the_stored_lmfit_parameters():
     preset = presets.load_felif_preset(COMMITTED)
     params = lmfit.Parameters().loads(preset.fit["lmfit_params"])
     variables = preset.fit["variables"]
-    assert set(preset.uncertainties) == set(variables) == set(preset.fit["fitted"])
+    leak = preset.fit["leak"]["stderr_SI"]  # the leak's own fit, to the clamped membrane
+    assert set(preset.uncertainties) == set(variables) | set(leak)
+    assert set(variables) == set(preset.fit["fitted"])
+    assert all(preset.uncertainties[f] == leak[f] > 0 for f in leak)
     for field, var in variables.items():
         par = params[var["lmfit_name"]]
         if var["log10"]:

@@ -194,9 +194,13 @@ class FeLIFPreset:
 
     @property
     def uncertainties(self) -> dict[str, float | None]:
-        """1-sigma standard errors of the fitted fields (SI), from the fit's lmfit Parameters."""
+        """1-sigma standard errors of the fitted fields (SI): from the fit's lmfit Parameters, and
+        for the leak from its own fit to the clamped membrane (``fit.leak.stderr_SI``)."""
         params = self._fit_parameters()
-        out: dict[str, float | None] = {}
+        out: dict[str, float | None] = {
+            field: float(error) if isinstance(error, int | float) and math.isfinite(error) else None
+            for field, error in ((self.fit.get("leak") or {}).get("stderr_SI") or {}).items()
+        }
         for field, var in (self.fit.get("variables") or {}).items():
             par = None if params is None else params.get(var["lmfit_name"])
             if par is None or par.stderr is None or not math.isfinite(par.stderr):
