@@ -54,6 +54,8 @@ RRAM_SCHEMA = "bruno.rram-preset"
 SUPPORTED_MAJOR = 1
 #: The RRAM schema's minor version this bruno writes (1.1: ``reads``, the per-read-voltage levels).
 RRAM_SCHEMA_MINOR = 1
+#: The schema string an RRAM preset this bruno writes carries.
+RRAM_SCHEMA_WRITTEN = f"{RRAM_SCHEMA}/{SUPPORTED_MAJOR}.{RRAM_SCHEMA_MINOR}"
 
 # SPEC §3: the FeLIF fields drawn per neuron for device-to-device variability.
 DEFAULT_VARIABILITY_FIELDS = (
@@ -430,7 +432,7 @@ class RRAMPreset:
     def to_payload(self) -> dict[str, Any]:
         """The JSON document of this preset (:func:`load_rram_preset` reads it back)."""
         return {
-            "schema": f"{RRAM_SCHEMA}/{SUPPORTED_MAJOR}.{RRAM_SCHEMA_MINOR}",
+            "schema": RRAM_SCHEMA_WRITTEN,
             "device": "rram",
             "read_voltage_V": self.read_voltage_V,
             "levels": [_level_payload(level) for level in self.levels],

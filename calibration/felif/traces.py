@@ -105,12 +105,16 @@ def spice_deck(
         if len(_TOLERANCE_LINE.findall(deck)) != 1:
             raise spice.SpiceError(f"{netlist}: expected one '.options reltol=...' line to replace")
         deck = _TOLERANCE_LINE.sub(lambda _: options, deck)
+    return _drive(deck, netlist, stimulus.spice_source())
+
+
+def _drive(deck: str, netlist: str | Path, source: str) -> str:
+    """``deck`` with its one input source line replaced by ``source`` and its .meas lines gone."""
     if len(_INPUT_LINE.findall(deck)) != 1:
         raise spice.SpiceError(
             f"{netlist}: expected exactly one input source line 'Iin 0 mem ...' to drive"
         )
-    deck = _INPUT_LINE.sub(lambda _: stimulus.spice_source(), deck)
-    return _MEAS_LINE.sub("", deck)
+    return _MEAS_LINE.sub("", _INPUT_LINE.sub(lambda _: source, deck))
 
 
 def spice_run(
@@ -207,22 +211,18 @@ def membrane_leak(voltages: Sequence[float], netlist: str | Path = NETLIST) -> n
             f"(threshold - margin); got {volts.tolist()}"
         )
     order = [*np.sort(volts[volts < 0]), *np.sort(volts[volts > 0])[::-1]]
-    edge, t, points, ends = 1e-6, 0.0, ["0 0"], []
+    edge, t, points, ends, switched = 1e-6, 0.0, ["0 0"], [], False
     for v in order:
-        if v > 0 and t > 0 and float(points[-1].split()[1]) < 0 or v > 0 and t == 0:
+        if v > 0 and not switched:
             # switch every domain to +Ps at the highest voltage allowed before the positive ones
             points += [f"{t + edge:.9g} {top:.9g}", f"{t + CLAMP_SWITCH:.9g} {top:.9g}"]
             t += CLAMP_SWITCH
+            switched = True
         points += [f"{t + edge:.9g} {v:.9g}", f"{t + CLAMP_HOLD:.9g} {v:.9g}"]
         t += CLAMP_HOLD
         ends.append(t)
-    deck = spice.read_netlist(netlist)
-    if len(_INPUT_LINE.findall(deck)) != 1:
-        raise spice.SpiceError(
-            f"{netlist}: expected exactly one input source line 'Iin 0 mem ...' to replace"
-        )
-    deck = _INPUT_LINE.sub(lambda _: f"Vhold mem 0 PWL({' '.join(points)})", deck)
-    deck = _MEAS_LINE.sub("", deck)
+    source = f"Vhold mem 0 PWL({' '.join(points)})"
+    deck = _drive(spice.read_netlist(netlist), netlist, source)
     max_step = params.get("t_max", 2e-6)
     analysis = f"tran {max_step:.6g} {t:.9g} 0 {max_step:.6g} uic"
     result = spice.simulate(deck, analysis, name=f"{Path(netlist).name}[voltage clamp]")

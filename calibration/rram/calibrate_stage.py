@@ -211,7 +211,7 @@ def calibrate(quick: bool = False, presets_dir: str | Path | None = None) -> Pat
     deck_name = devices.netlist_path(NETLIST)
     limits = {k: tuple(float(f"{x:.6g}") for x in v) for k, v in bounds().items()}
     payload = {
-        "schema": f"{presets.RRAM_SCHEMA}/{presets.SUPPORTED_MAJOR}.{presets.RRAM_SCHEMA_MINOR}",
+        "schema": presets.RRAM_SCHEMA_WRITTEN,
         "device": "rram",
         "read_voltage_V": READ_VOLTAGE,
         "levels": levels,

@@ -150,9 +150,7 @@ def check_programming_current(i_prog: float) -> float:
         value = float(i_prog)
     except (TypeError, ValueError):
         raise RRAMError(f"programming current {i_prog!r} is not a number") from None
-    if not math.isfinite(value) or not (
-        I_PROG_MIN * (1 - 1e-9) <= value <= I_PROG_MAX * (1 + 1e-9)
-    ):
+    if not math.isfinite(value) or not (within(value, I_PROG_MIN, I_PROG_MAX)):
         raise RRAMError(
             f"programming current {value!r} A is outside the cell's useful range "
             f"[{I_PROG_MIN:g}, {I_PROG_MAX:g}] A (below it the SET does not complete for every "
@@ -197,11 +195,16 @@ LAW_NAME = (
 )
 
 
+def within(current: float, lo: float, hi: float) -> bool:
+    """``lo <= current <= hi`` (A), up to float rounding of the currents' own arithmetic."""
+    return lo * (1 - 1e-9) <= current <= hi * (1 + 1e-9)
+
+
 def check_within_fit(currents: Sequence[float], fit_currents: Sequence[float], what: str) -> None:
     """Refuse programming currents outside the range the conductance law was fitted over (the law
     is validated between its fit points only; beyond them it extrapolates)."""
     lo, hi = min(fit_currents), max(fit_currents)
-    outside = [i for i in currents if not lo * (1 - 1e-9) <= i <= hi * (1 + 1e-9)]
+    outside = [i for i in currents if not within(i, lo, hi)]
     if outside:
         raise RRAMError(
             f"{what} {', '.join(f'{i * 1e6:.4g}' for i in outside)} uA lie outside the "

@@ -37,6 +37,7 @@ from calibration.rram.common import (
     TOL_LEVEL_REL_ERROR,
     VALIDATION_SEED,
     Device,
+    within,
 )
 from calibration.rram.law import (
     fitted_range,
@@ -66,7 +67,7 @@ def _held_out_rows(
                 "spice_S": simulated,
                 "law_S": predicted,
                 "rel_error": None if simulated is None else (predicted - simulated) / simulated,
-                "position": "between" if lo * (1 - 1e-9) <= i <= hi * (1 + 1e-9) else "beyond",
+                "position": "between" if within(i, lo, hi) else "beyond",
             }
         )
     return out
