@@ -15,13 +15,11 @@ reset (the layer does those, identically for all algorithms):
                 implicit Euler step, Jacobian ``(1 - dt J)^-1`` given analytically (J by autograd
                 of bruno.felif.derivatives);
                 ``"euler"`` autograd through :func:`bruno.felif.euler_step` at ``coarse_dt``, the
-                SPEC's literal form. That step integrates P exponentially at frozen field
-                (dP'/dP = exp(-dt*rate) in (0, 1]), but at dt = 1 ms its sensitivity to the field,
-                (P - target) * dt*rate*exp(-dt*rate) * d(log rate)/dE, coupled back into v through
-                the FeCAP charge, reaches ~1e2 per step in the switching window, so its gradients
-                still explode through time (~1e17 x BPTT's on the test network, cosine ~0 with
-                BPTT); the implicit one is bounded (det(1 - dt J) >= 1) and has cosine ~0.85 with
-                BPTT's exact gradient there. With ``fine_steps = 1``, ``"euler"`` reproduces
+                SPEC's literal form. With the exponential Rosenbrock-Euler step (the switching
+                feedback's eigenvalue in the polarisation update) its gradient is bounded: on the
+                test network cosine 0.87 with BPTT's exact gradient, norm 1.3 x (the implicit
+                one: 0.84, 0.41 x); with the former frozen-field step it exploded through time
+                (~1e17 x BPTT's, cosine ~0). With ``fine_steps = 1``, ``"euler"`` reproduces
                 BPTT's gradients exactly (a required identity, tested);
                 ``"exact"`` :func:`exact_step`, no coarse step: the fine path propagates, in
                 forward mode, the tangents of its end state with respect to (v_k, P_k, I) through
@@ -29,9 +27,7 @@ reset (the layer does those, identically for all algorithms):
                 neuron, nothing per fine step), and the backward applies that exact Jacobian
                 (:class:`_FineJacobian`). Its gradients equal ``bptt``'s (float64, torch fine
                 path: to ~1e-14 relative, tested) at BRUNO's memory; the fine path costs ~2x the
-                values-only one (scripts/bench_exact_gradient.py). Where the 1 us fine step
-                itself oscillates in the switching window (inputs of ~30-300 nA), that exact
-                gradient is ill-conditioned (up to ~1e27), as BPTT's is.
+                values-only one (scripts/bench_exact_gradient.py).
 ``bptt``        autograd through every fine step (:func:`bruno.felif.hold_step`).
 ``checkpoint``  the same graph as ``bptt`` per coarse step, recomputed in backward
                 (``torch.utils.checkpoint``, reentrant: the forward keeps no per-fine-step
@@ -64,7 +60,7 @@ class CoarseStepContext:
 
     fine_steps: int
     coarse_dt: float
-    fine_backend: str = "auto"  # bruno.kernels.BACKENDS: "auto", "native" or "torch"
+    fine_backend: str = "auto"  # bruno.kernels.BACKENDS: "auto", "native", "torch" or "triton"
     coefficients: torch.Tensor | None = None  # packed kernel coefficients (cache), optional
     coarse_gradient: str = "implicit"  # bruno's backward: COARSE_GRADIENTS (see module doc)
 

@@ -23,10 +23,9 @@ VACUUM_PERMITTIVITY = 8.8541878128e-12  # F/m
 # negative drive); the positive one is never reached by the circuit, whose comparator resets at
 # the threshold, and only bounds the step under inputs far above the working range.
 V_CLIP = 5.0
-# euler_step caps rate*dt at this before exp(-rate*dt): exp(-60) ~ 9e-27 is far below the
-# rounding of P (|P - target| is 0 or >= ulp(Ps)), so values are unchanged, no denormals arise,
-# and torch's exp stays on its fast path (much slower on arguments like -1e7). Same in the kernel.
-DECAY_CAP = 60.0
+# |z| below which the phi functions of euler_step are evaluated by their Taylor series (the closed
+# forms cancel there); the same in the kernels. Truncation error < 3e-10 relative at the switch.
+PHI_SERIES = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,43 +141,94 @@ def derivatives(
     return dv, d_polarization
 
 
+def phi_functions(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """phi1(z) = (e^z - 1) / z and phi2(z) = (e^z - 1 - z) / z^2, the weights of the exponential
+    integrator: for the linear ODE y' = lam y + b, y(dt) = y0 + dt phi1(lam dt) (lam y0 + b).
+    Taylor series below |z| = PHI_SERIES (the closed forms cancel there), expm1 above."""
+    small = z.abs() < PHI_SERIES
+    zs = torch.where(small, torch.ones_like(z), z)  # no 0/0 in the unused branch (nor its grad)
+    e = torch.expm1(zs)
+    phi1 = torch.where(
+        small, 1 + z * (1 / 2 + z * (1 / 6 + z * (1 / 24 + z * (1 / 120 + z / 720)))), e / zs
+    )
+    phi2 = torch.where(
+        small,
+        1 / 2 + z * (1 / 6 + z * (1 / 24 + z * (1 / 120 + z * (1 / 720 + z / 5040)))),
+        (e - zs) / (zs * zs),
+    )
+    return phi1, phi2
+
+
+def feedback_field_coefficient(p: FeLIFParameters) -> float | torch.Tensor:
+    """dE/dP (V m / C) along the membrane's charge balance: a polarisation change dP takes
+    A dP from the membrane (dv = -A dP / C_tot), and both lower the ferroelectric field."""
+    denominator = (
+        p.ferroelectric_thickness * p.interlayer_permittivity
+        + p.interlayer_thickness * p.ferroelectric_permittivity
+    )
+    return (
+        -(
+            p.interlayer_thickness / VACUUM_PERMITTIVITY
+            + p.interlayer_permittivity * p.area / p.total_capacitance
+        )
+        / denominator
+    )
+
+
 def euler_step(
     state: FeLIFState, input_current: torch.Tensor, p: FeLIFParameters, dt: float
 ) -> FeLIFState:
-    """One step of length ``dt`` (s): exponential integrator for P, charge-conserving update of v.
+    """One step of length ``dt`` (s) of the FeLIF ODE: exponential Rosenbrock–Euler in the
+    polarisation, charge-conserving in the membrane.
 
-    With the field ``E`` and the rate ``r = switching_rate(E)`` frozen at the start of the step,
-    the switching law ``dP/dt = (sign(E) Ps - P) r`` is integrated exactly::
+    The switching law ``dP/dt = g = (T - P) r(E)`` (``T = sign(E) Ps``) is stiff through its own
+    feedback: switching takes charge from the membrane, which lowers the field and the rate. With
+    ``k = dE/dP`` along that charge balance (:func:`feedback_field_coefficient`) its eigenvalue is
+    ``lam = -r + (T - P) r'(E) k <= -r``, and the step integrates P as the linearisation about
+    the start (g, lam, and g's response to the membrane's drive, ``b = (gain I - I_leak) / C``)::
 
-        target = sign(E) Ps
-        P'     = clamp(target + (P - target) exp(-min(r dt, DECAY_CAP)), -Ps, Ps)
-        v'     = clamp(v + dt (gain I_in - I_leak(v)) / C_tot - A (P' - P) / C_tot, -V_CLIP, V_CLIP)
+        dP = dt phi1(lam dt) g + dt^2 phi2(lam dt) (T - P) r'(E) dE/dv b
+        P' = P + clamp(dP, -Ps - P, Ps - P)
+        v' = clamp(v + dt b - A clamp(dP, ...) / C_tot, -V_CLIP, V_CLIP)
 
-    i.e. the FeCAP current over the step is ``A (P' - P) / dt`` (the charge the polarisation takes
-    up is taken from the membrane). Input and leak currents are explicit (forward Euler).
-    Explicit Euler in P would have ``dP'/dP = 1 - r dt`` (about -1e3 at dt = 1 us once the
-    switching rate reaches 1e9/s, so gradients through many steps overflow); this step is stable
-    for any ``dt``, with ``0 < dP'/dP = exp(-r dt) <= 1`` at frozen field, and equals explicit
-    Euler to first order where ``r dt << 1``. The name is kept for compatibility: this is the one
-    reference step that the fused fine path (bruno/kernels/felif_kernel.c) and the coarse step
-    agree with.
+    (:func:`phi_functions`; ``b = 0`` where the membrane sits at a clip and ``b`` pushes
+    outwards). It is second order where the step resolves the switching, exact for a frozen
+    field, and stable for any ``dt``: where the feedback is fast (``|lam| dt >> 1``) the
+    increment tends to ``-g / lam``, the step to the quasi-equilibrium, so a step can no longer
+    switch the whole FeCAP at a frozen field and drive the membrane negative or to the clip, as the
+    previous frozen-field exponential step did. ``dP`` is formed as an increment (``expm1``) and
+    the membrane takes that increment, not the difference of two rounded polarisations: in
+    float32, |P| ~ 0.2 C/m^2 rounds to ~1.5e-8 C/m^2, i.e. ~0.7 uV of membrane per step.
+    The input and leak currents are explicit (forward Euler). The name says the method
+    (exponential Rosenbrock–Euler); the fused kernels (bruno/kernels/) restate exactly this step.
     No spike handling happens here.
     """
     v, polarization = state.v, state.polarization
     field = ferroelectric_field(v, polarization, p)
-    target = torch.sign(field) * p.saturation_polarization
-    decay = torch.exp(-torch.clamp(switching_rate(field, p) * dt, max=DECAY_CAP))
     ps = torch.as_tensor(p.saturation_polarization, dtype=v.dtype, device=v.device)
-    new_polarization = torch.minimum(
-        torch.maximum(target + (polarization - target) * decay, -ps), ps
-    )
+    distance = torch.sign(field) * ps - polarization  # T - P
+    magnitude = field.abs() + p.soft_field
+    exponent = (p.activation_field / magnitude) ** p.switching_exponent
+    rate = torch.exp(-exponent) / p.switching_time_constant
+    # r'(E) times (T - P): >= 0, the rate rises with |E| and T - P has the field's sign
+    sensitivity = distance * torch.sign(field) * rate * p.switching_exponent * exponent / magnitude
+    eigenvalue = -rate + sensitivity * feedback_field_coefficient(p)
     c_tot = p.total_capacitance
-    new_v = (
-        v
-        + dt * (p.input_gain * input_current - leak_current(v, p)) / c_tot
-        - p.area * (new_polarization - polarization) / c_tot
+    drive = (p.input_gain * input_current - leak_current(v, p)) / c_tot
+    # at the clip the clamp junction takes a drive that pushes outwards: the membrane, hence the
+    # field, does not move (without this the P step's drive term, fed by a current the membrane
+    # never sees, makes dP'/dP ~ -1.7 at -5 V under -1 uA and BPTT's gradient blow up)
+    pinned = ((v >= V_CLIP) & (drive > 0)) | ((v <= -V_CLIP) & (drive < 0))
+    drive = torch.where(pinned, torch.zeros_like(drive), drive)
+    phi1, phi2 = phi_functions(eigenvalue * dt)
+    field_per_volt = p.interlayer_permittivity / (
+        p.ferroelectric_thickness * p.interlayer_permittivity
+        + p.interlayer_thickness * p.ferroelectric_permittivity
     )
-    return FeLIFState(v=torch.clamp(new_v, -V_CLIP, V_CLIP), polarization=new_polarization)
+    increment = dt * phi1 * distance * rate + dt * dt * phi2 * sensitivity * field_per_volt * drive
+    increment = torch.clamp(increment, min=-ps - polarization, max=ps - polarization)
+    new_v = v + dt * drive - p.area * increment / c_tot
+    return FeLIFState(v=torch.clamp(new_v, -V_CLIP, V_CLIP), polarization=polarization + increment)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -422,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
         steps=1000 if not args.quick else 100,
         repeats=3 if not args.quick else 1,
     )
+    from bruno.kernels import accuracy
+
+    fine_path_accuracy = accuracy.survey()
+    print(accuracy.format_table(fine_path_accuracy))
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {
         "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -440,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         "records": records,
         "ratios": ratios(records),
         "throughput": throughput,
+        "fine_path_accuracy": fine_path_accuracy,
     }
     payload["figures"] = _figures(records, args.out)
     atomic_write_json(args.out / "bench.json", payload)

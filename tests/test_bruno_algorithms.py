@@ -129,15 +129,22 @@ def _input_gradient(algorithm, **kwargs):
     return x.grad
 
 
-def test_bruno_implicit_gradient_points_like_bptt():
-    """The implicit coarse gradient is aligned with the exact BPTT gradient (cosine ~0.85 here,
-    ~0.998 for the last step's input); autograd through a 1 ms euler_step explodes through time."""
+def test_bruno_coarse_gradients_point_like_bptt():
+    """Both coarse gradients are aligned with the exact BPTT gradient on this network: the
+    implicit one (cosine 0.84, norm 0.41 x BPTT's) and autograd through one 1 ms euler_step
+    (cosine 0.87, norm 1.29 x). The latter exploded (~1e17 x BPTT's, cosine ~0) while the step
+    switched the FeCAP at a frozen field; the exponential Rosenbrock-Euler step's feedback
+    eigenvalue bounds it."""
     bptt = _input_gradient("bptt")
+
+    def cosine(a, b):
+        return float((a * b).sum() / (a.norm() * b.norm()))
+
     implicit = _input_gradient("bruno")
-    cosine = (implicit * bptt).sum() / (implicit.norm() * bptt.norm())
-    assert cosine > 0.75
+    assert cosine(implicit, bptt) > 0.75
     explicit = _input_gradient("bruno", coarse_gradient="euler")
-    assert not torch.isfinite(explicit).all() or explicit.norm() > 1e6 * bptt.norm()
+    assert torch.isfinite(explicit).all() and cosine(explicit, bptt) > 0.75
+    assert 0.5 < float(explicit.norm() / bptt.norm()) < 2
 
 
 def test_signed_drive_gradients_finite():
@@ -180,18 +187,27 @@ def test_bptt_through_1000_fine_steps_finite_with_strongly_negative_drive(dtype)
     assert current.grad.abs().sum() > 0
 
 
-def test_polarisation_step_is_contractive_at_any_rate():
-    """At frozen field the P update has 0 < dP'/dP <= 1 however large dt*rate is."""
+def test_polarisation_step_is_bounded_consistent_and_charge_conserving_at_any_dt():
+    """euler_step at any dt: P stays in [-Ps, Ps] and never passes its target, the membrane takes
+    exactly the charge the polarisation took, and as dt -> 0 the step's rates are the ODE's
+    (bruno.felif.derivatives)."""
     p = FeLIFParameters()
     v = torch.tensor([-4.0, -2.0, 0.0, 1.0, 3.0], dtype=torch.float64)
     pol = torch.tensor([-0.1, 0.05, -0.2, 0.1, 0.0], dtype=torch.float64, requires_grad=True)
-    for dt in (1e-9, 1e-6, 1e-3):
+    ps = p.saturation_polarization
+    for dt in (1e-18, 1e-9, 1e-6, 1e-3, 1.0):
         field = felif.ferroelectric_field(v, pol.detach(), p)
-        rate = felif.switching_rate(field, p)
-        target = torch.sign(field) * p.saturation_polarization
+        target = torch.sign(field) * ps
         step = felif.euler_step(FeLIFState(v, pol), torch.zeros_like(v), p, dt)
-        expected = target + (pol.detach() - target) * torch.exp(-rate * dt)
-        torch.testing.assert_close(step.polarization.detach(), expected, rtol=1e-12, atol=0)
+        moved = step.polarization.detach() - pol.detach()
+        assert (step.polarization.abs() <= ps).all() and torch.isfinite(step.v).all()
+        assert (torch.sign(target) * (target - step.polarization.detach()) >= 0).all()  # not past
+        if dt == 1e-18:  # |lam| dt <~ 1e-3 even at the fastest rate here
+            dv_dt, dp_dt = felif.derivatives(FeLIFState(v, pol.detach()), torch.zeros_like(v), p)
+            fast = [0, 1, 4]  # the others switch too slowly to move P by an ulp in 1e-18 s
+            torch.testing.assert_close(moved[fast] / dt, dp_dt[fast], rtol=1e-5, atol=0)
+            dv = (step.v.detach() - v)[fast] / dt
+            torch.testing.assert_close(dv, dv_dt[fast], rtol=1e-5, atol=0)
         # charge conservation: C_tot dv = -A dP (no input; leak excluded by subtracting it)
         leak = felif.leak_current(v, p)
         dv = step.v.detach() - v + dt * leak / p.total_capacitance
@@ -293,17 +309,17 @@ def _cached_coarse_steps_gradient(algorithm, coarse_gradient, backend="torch"):
 
 def test_exact_coarse_gradient_equals_bptt():
     """Exact (forward-mode tangents through every fine step) == BPTT, float64, torch fine path:
-    -1 uA .. +1 uA, from rest and reset, with spikes mid-step, resets and both +-5 V clips, and in
-    the ~100 nA band where the 1 us step oscillates and BPTT's gradient reaches ~1e27 (there the
-    two agree too: they differentiate the same values, only in another order)."""
+    -1 uA .. +1 uA, from rest and reset, with spikes mid-step, resets and the -5 V clip. With the
+    exponential Rosenbrock-Euler step the fine path no longer oscillates in the ~30-300 nA band
+    nor rides the +5 V clip, and BPTT's gradient stays below ~3e9 (it reached ~1e27 there)."""
     bptt_grad, bptt_v, spikes = _cached_coarse_steps_gradient("bptt", "implicit")
     exact_grad, exact_v, _ = _cached_coarse_steps_gradient("bruno", "exact")
     assert torch.equal(exact_v, bptt_v)  # values: the fine path's, bit for bit
     # the case covers what it claims
-    assert (
-        spikes.any(-1).all() and (bptt_v == -felif.V_CLIP).any() and (bptt_v == felif.V_CLIP).any()
-    )
-    assert bptt_grad.abs().max() > 1e20 and (bptt_grad == 0).any()
+    assert spikes.any(-1).all() and (bptt_v == -felif.V_CLIP).any()
+    assert not (bptt_v == felif.V_CLIP).any()  # spikes end at threshold, not at the clip
+    assert torch.isfinite(bptt_grad).all() and bptt_grad.abs().max() < 1e11
+    assert (bptt_grad == 0).any()
     torch.testing.assert_close(exact_grad, bptt_grad, rtol=EXACT_RTOL, atol=0)
     # the tolerance discriminates: the implicit coarse gradient is far from it
     implicit_grad, implicit_v, _ = _cached_coarse_steps_gradient("bruno", "implicit")
@@ -312,15 +328,13 @@ def test_exact_coarse_gradient_equals_bptt():
 
 
 def test_exact_coarse_gradient_native_matches_torch():
-    """The kernel's tangent variant (float64) gives the torch reference's gradient, except in the
-    ~30-300 nA band, where the oscillating fine path amplifies rounding: there native and torch
-    *values* already differ (by up to ~30 mV after a coarse step)."""
+    """The kernel's tangent variant (float64) gives the torch reference's values and gradient over
+    the whole grid (measured: 5e-15 V, 8e-15 relative). With the frozen-field step the ~30-300 nA
+    band had to be left out: the oscillating fine path amplified rounding to ~30 mV there."""
     torch_grad, torch_v, _ = _cached_coarse_steps_gradient("bruno", "exact")
     native_grad, native_v, _ = _cached_coarse_steps_gradient("bruno", "exact", "native")
-    grid = _signed_current_grid()
-    stable = (grid.abs() <= 2e-8) | (grid.abs() >= 4e-7)
-    torch.testing.assert_close(native_v[..., stable], torch_v[..., stable], rtol=0, atol=1e-9)
-    torch.testing.assert_close(native_grad[..., stable], torch_grad[..., stable], rtol=1e-9, atol=0)
+    torch.testing.assert_close(native_v, torch_v, rtol=0, atol=1e-9)
+    torch.testing.assert_close(native_grad, torch_grad, rtol=1e-9, atol=0)
 
 
 @pytest.mark.parametrize("signed", [False, True])

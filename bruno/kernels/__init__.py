@@ -8,9 +8,13 @@ held=None, backend=...)``:
   through, so their forward values equal it bit for bit.
 * ``"native"`` — the fused C/OpenMP kernel (``felif_kernel.c``, built by :mod:`bruno.kernels.build`,
   called through :mod:`bruno.kernels.ffi`) for CPU float32/float64 tensors.
+* ``"triton"`` — the fused Triton kernel (:mod:`bruno.kernels.triton_kernel`) for CUDA
+  float32/float64 tensors (CPU tensors under ``TRITON_INTERPRET=1``): one launch per call for the
+  whole layer and batch. Values only: :func:`integrate_with_jacobian` does not take it.
 
 ``backend="auto"`` (the default, or ``$BRUNO_FINE_BACKEND``) takes the native kernel where it
-applies and the torch loop elsewhere (CUDA, other dtypes, no compiler: the last with a warning).
+applies, the Triton kernel on CUDA where triton is installed, and the torch loop elsewhere (other
+dtypes, no compiler: the last with a warning).
 A backend asked for by name that cannot run raises :class:`BackendUnavailable`.
 
 Spike handling is the trainers' (SPEC §3): inside one call a neuron whose membrane exceeds its
@@ -39,7 +43,7 @@ from bruno.kernels import build as _build
 from bruno.kernels import ffi
 from bruno.kernels.ffi import NativeKernel
 
-BACKENDS = ("auto", "native", "torch")
+BACKENDS = ("auto", "native", "torch", "triton")
 BACKEND_ENV = "BRUNO_FINE_BACKEND"
 
 
@@ -103,7 +107,7 @@ def check_backend(backend: str) -> str:
 def select(backend: str, like: torch.Tensor) -> NativeKernel | None:
     """The kernel that ``backend`` runs on tensors like ``like``; None means the torch loop."""
     backend = check_backend(backend)
-    if backend == "torch":
+    if backend in ("torch", "triton"):
         return None
     applies = like.device.type == "cpu" and like.dtype in (torch.float32, torch.float64)
     if backend == "auto":
@@ -184,6 +188,19 @@ def _select_kernel(
     return kernel if kernel is not None else select(backend, state.v)
 
 
+def _hold_buffers(
+    state: FeLIFState, current: torch.Tensor, held: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat contiguous copies a fused kernel integrates in place: v, P, the current broadcast to
+    the neurons, and the held flags as uint8."""
+    v = state.v
+    v_out = v.detach().contiguous().clone().reshape(-1)
+    p_out = state.polarization.detach().contiguous().clone().reshape(-1)
+    drive = torch.broadcast_to(current.detach().to(v.dtype), v.shape).contiguous().reshape(-1)
+    flags = _as_bool(held, v).to(torch.uint8).contiguous().reshape(-1).clone()
+    return v_out, p_out, drive, flags
+
+
 def _run_native(
     kernel: NativeKernel,
     state: FeLIFState,
@@ -200,10 +217,7 @@ def _run_native(
     v = state.v
     shape = v.shape
     with torch.no_grad():
-        v_out = v.detach().to(memory_format=torch.contiguous_format).clone().reshape(-1)
-        p_out = state.polarization.detach().clone().contiguous().reshape(-1)
-        drive = torch.broadcast_to(current.detach().to(v.dtype), shape).contiguous().reshape(-1)
-        flags = _as_bool(held, v).to(torch.uint8).contiguous().reshape(-1).clone()
+        v_out, p_out, drive, flags = _hold_buffers(state, current, held)
         if coefficients is None:
             coefficients = ffi.pack_coefficients(p, shape, v.dtype)
         kernel.run(
@@ -239,9 +253,47 @@ def integrate(
     :func:`bruno.kernels.ffi.pack_coefficients` for this shape and dtype) skip re-packing.
     """
     kernel = _select_kernel(state, current, dt, steps, backend, kernel)
+    if kernel is None and _uses_triton(backend, state.v):
+        return _run_triton(state, current, p, dt, steps, held, coefficients)
     if kernel is None:
         return integrate_reference(state, current, p, dt, steps, held)
     return _run_native(kernel, state, current, p, dt, steps, held, coefficients)
+
+
+def _uses_triton(backend: str, like: torch.Tensor) -> bool:
+    """Whether ``backend`` means the Triton kernel for tensors like ``like`` (raises if it was
+    asked for by name and cannot run)."""
+    backend = check_backend(backend)
+    if backend not in ("triton", "auto"):
+        return False
+    from bruno.kernels import triton_kernel
+
+    ok, why = triton_kernel.available(like)
+    if backend == "triton" and not ok:
+        raise BackendUnavailable(why)
+    return ok and (backend == "triton" or like.device.type == "cuda")
+
+
+def _run_triton(
+    state: FeLIFState,
+    current: torch.Tensor,
+    p: FeLIFParameters,
+    dt: float,
+    steps: int,
+    held: torch.Tensor | None,
+    coefficients: torch.Tensor | None,
+) -> tuple[FeLIFState, torch.Tensor]:
+    """The Triton kernel in HOLD mode on copies of the state."""
+    from bruno.kernels import triton_kernel
+
+    v = state.v
+    shape, device = v.shape, v.device
+    with torch.no_grad():
+        v_out, p_out, drive, flags = _hold_buffers(state, current, held)
+        if coefficients is None or coefficients.device != device:
+            coefficients = ffi.pack_coefficients(p, shape, v.dtype).to(device)
+        triton_kernel.run_hold(v_out, p_out, drive, flags, coefficients, float(dt), int(steps))
+    return FeLIFState(v_out.reshape(shape), p_out.reshape(shape)), flags.reshape(shape).bool()
 
 
 def _identity_jacobian(like: torch.Tensor) -> torch.Tensor:
@@ -316,6 +368,11 @@ def integrate_with_jacobian(
     O(1) per neuron, whatever ``steps``. Same backends and arguments as :func:`integrate`; the
     values equal its values on the same backend bit for bit.
     """
+    if check_backend(backend) == "triton":
+        raise BackendUnavailable(
+            "the Triton fine path computes values only; use backend='torch' (or 'auto') for the "
+            "exact coarse gradient on CUDA"
+        )
     kernel = _select_kernel(state, current, dt, steps, backend, kernel)
     if kernel is None:
         return _integrate_with_jacobian_reference(state, current, p, dt, steps, held)

@@ -1,5 +1,6 @@
-"""`python -m bruno.kernels {build,info,bench}`: build the fused FeLIF kernel, say which one is
-loaded, or measure it against the plain torch loop (neuron-fine-steps per second)."""
+"""`python -m bruno.kernels {build,info,bench,accuracy}`: build the fused FeLIF kernel, say which
+one is loaded, measure it against the plain torch loop (neuron-fine-steps per second), or measure
+every backend against the float64 ODE reference (bruno.kernels.accuracy)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 import torch
 
 from bruno import kernels
-from bruno.kernels import build, throughput
+from bruno.kernels import accuracy, build, throughput
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--steps", type=int, default=1000)
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    acc = sub.add_parser("accuracy", help="every backend vs the float64 ODE reference (table)")
+    acc.add_argument("--json", type=str, default=None, help="also write the full result here")
     args = parser.parse_args(argv)
     if args.command == "build":
         library = build.build(
@@ -41,6 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if library is not None or build.compiler() is None else 1
     if args.command == "info":
         print(json.dumps(kernels.info(), indent=2))
+        return 0
+    if args.command == "accuracy":
+        result = accuracy.survey()
+        print(accuracy.format_table(result))
+        if args.json:
+            from pathlib import Path
+
+            from bruno.io import atomic_write_json
+
+            atomic_write_json(Path(args.json), result)
         return 0
     rows = throughput.compare_throughput(
         args.neurons, steps=args.steps, repeats=args.repeats, dtype=getattr(torch, args.dtype)

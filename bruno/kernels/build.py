@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bruno.felif import DECAY_CAP, V_CLIP
+from bruno.felif import PHI_SERIES, V_CLIP
 from bruno.io import atomic_write_json
 from bruno.kernels.ffi import ABI_VERSION
 
@@ -45,6 +45,8 @@ REFERENCE_SOURCES = (
     PACKAGE / "__init__.py",
     PACKAGE / "ffi.py",
     PACKAGE / "selftest.py",
+    PACKAGE / "accuracy.py",  # the self-test's ODE-reference check and its tolerances
+    PACKAGE / "ode_reference.py",
 )
 BUILD_RECIPE = 4  # bump when the way the library is built changes (forces a rebuild)
 GENERATION = 0  # libraries built by this process so far
@@ -115,7 +117,7 @@ def _definitions() -> tuple[str, ...]:
     return (
         f"-DBRUNO_ABI_VERSION={ABI_VERSION}",
         f"-DBRUNO_V_CLIP={float(V_CLIP)!r}",
-        f"-DBRUNO_DECAY_CAP={float(DECAY_CAP)!r}",
+        f"-DBRUNO_PHI_SERIES={float(PHI_SERIES)!r}",
     )
 
 

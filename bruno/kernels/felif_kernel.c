@@ -6,17 +6,21 @@
  * C_* indices below):
  *
  *   E      = field_v * v - field_p * P                       (ferroelectric_field)
- *   rate   = exp(-exp(alpha * (log Ea - log(|E| + E_soft)))) / tau0
- *          = exp(-(Ea / (|E| + E_soft))^alpha) / tau0         (switching_rate)
- *   target = sign(E) Ps
- *   P'     = clamp(target + (P - target) exp(-rate dt), -Ps, Ps)   (exact for frozen E)
- *   I_leak = sign(v) (I0 A (exp(v / Vt) - 1) + I_dsc)        (leak_current)
- *   v'     = clamp(v + dt (gain I_in - I_leak) / C_tot - A (P' - P) / C_tot, -V_CLIP, V_CLIP)
- *                                                            (euler_step, charge-conserving)
+ *   u      = exp(alpha * (log Ea - log(|E| + E_soft)))  = (Ea / (|E| + E_soft))^alpha
+ *   rate   = exp(-u) / tau0                                  (switching_rate)
+ *   D      = sign(E) Ps - P                                  (distance to the target)
+ *   S      = D sign(E) rate alpha u / (|E| + E_soft)         (D r'(E) >= 0)
+ *   lam    = -rate + S * feedback                            (feedback_field_coefficient)
+ *   b      = (gain I_in - I_leak(v)) / C_tot,  I_leak = sign(v) (I0 A (exp(v / Vt) - 1) + I_dsc)
+ *            (0 where v sits at a clip and b pushes outwards: the clamp junction takes it)
+ *   dP     = dt phi1(lam dt) D rate + dt^2 phi2(lam dt) S field_v b,  clamped to [-Ps - P, Ps - P]
+ *   P'     = P + dP
+ *   v'     = clamp(v + dt b - A dP / C_tot, -V_CLIP, V_CLIP)  (euler_step: exponential
+ *                                                            Rosenbrock-Euler, charge-conserving)
  *
- * rate dt is capped at DECAY_CAP (60) before the exp, as in euler_step: exp(-60) ~ 9e-27 is far
- * below the rounding of P (|P - target| is 0 or >= ulp(Ps)), and the cap keeps (P - target) exp(.)
- * out of the denormal range (no flush-to-zero here, see bruno/kernels/build.py).
+ * phi1(z) = (e^z - 1) / z, phi2(z) = (e^z - 1 - z) / z^2, by their Taylor series below
+ * |z| = PHI_SERIES (bruno.felif.phi_functions); lam <= 0, so z <= 0 and e^z - 1 loses at most
+ * ~1 digit where the closed form is used (|z| >= PHI_SERIES).
  *
  * Layout: the time loop is outside, an inner loop over a block of neurons runs under
  * `#pragma omp simd` so that gcc calls glibc's vector math (libmvec) for exp/log; blocks are
@@ -57,16 +61,17 @@ enum {
     C_INV_C,
     C_THRESHOLD,
     C_RESET_V,
+    C_FEEDBACK,
     C_COUNT
 };
 
 /* The constants shared with bruno/felif.py come from it: bruno/kernels/build.py passes them as -D flags
  * (and they are part of the build key), so they are never restated here. */
-#if !defined(BRUNO_ABI_VERSION) || !defined(BRUNO_V_CLIP) || !defined(BRUNO_DECAY_CAP)
-#error "build through `python -m bruno.kernels build`: it defines BRUNO_ABI_VERSION, BRUNO_V_CLIP, BRUNO_DECAY_CAP"
+#if !defined(BRUNO_ABI_VERSION) || !defined(BRUNO_V_CLIP) || !defined(BRUNO_PHI_SERIES)
+#error "build through `python -m bruno.kernels build`: it defines BRUNO_ABI_VERSION, BRUNO_V_CLIP, BRUNO_PHI_SERIES"
 #endif
-#define V_CLIP BRUNO_V_CLIP       /* bruno.felif.V_CLIP */
-#define DECAY_CAP BRUNO_DECAY_CAP /* bruno.felif.DECAY_CAP */
+#define V_CLIP BRUNO_V_CLIP         /* bruno.felif.V_CLIP */
+#define PHI_SERIES BRUNO_PHI_SERIES /* bruno.felif.PHI_SERIES */
 
 int bruno_felif_abi_version(void) { return BRUNO_ABI_VERSION; }
 int bruno_felif_coefficient_count(void) { return C_COUNT; }
@@ -142,9 +147,10 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
 #endif
 
 /* One fine step of the FeLIF compact model from (v[i], p[i]) to (vn, pn): the C statement of
- * bruno/felif.py::euler_step (field, switching rate, exponential polarisation update, leak,
- * charge-conserving membrane update, clamps). Every kernel mode expands it; only the spike
- * handling after it differs. The intermediates are named for FELIF_TANGENT_STEP. */
+ * bruno/felif.py::euler_step (field, switching rate and its feedback eigenvalue, the phi-weighted
+ * polarisation increment, leak, charge-conserving membrane update, clamps). Every kernel mode
+ * expands it; only the spike handling after it differs. The intermediates are named for
+ * FELIF_LOCAL_JACOBIAN. */
 #define FELIF_NEXT_STATE(T, EXP, LOG, FABS, FMIN, FMAX)                                             \
     const T vi = v[i], pi = p[i];                                                                   \
     const T e = fv[i] * vi - fp[i] * pi;                                                            \
@@ -153,40 +159,66 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
     const T rate = EXP(-ex) * it0[i];                                                               \
     const T se = (e > zero) ? one : ((e < zero) ? -one : zero);                                     \
     const T sv = (vi > zero) ? one : ((vi < zero) ? -one : zero);                                   \
-    const T target = se * ps[i];                                                                    \
-    const T rdt = rate * dt;                                                                        \
-    const T decay = EXP(-FMIN(rdt, cap));                                                           \
-    const T pu = target + (pi - target) * decay;                                                    \
-    const T pm = FMAX(pu, -ps[i]);                                                                  \
-    const T pn = FMIN(pm, ps[i]);                                                                   \
+    const T dist = se * ps[i] - pi;                                                                 \
+    const T sens = dist * se * rate * al[i] * ex / ae;                                              \
+    const T lam = -rate + sens * kf[i];                                                             \
+    const T z = lam * dt;                                                                           \
+    const int small = FABS(z) < phs;                                                                \
+    const T zs = small ? one : z;                                                                   \
+    const T em = EXP(zs) - one;                                                                     \
+    const T phi1 = small ? one + z * (c2 + z * (c6 + z * (c24 + z * (c120 + z * c720))))           \
+                         : em / zs;                                                                 \
+    const T phi2 = small ? c2 + z * (c6 + z * (c24 + z * (c120 + z * (c720 + z * c5040))))         \
+                         : (em - zs) / (zs * zs);                                                   \
     const T ev = EXP(vi * ivt[i]);                                                                  \
     const T leak = sv * (i0a[i] * (ev - one) + idsc[i]);                                            \
-    const T dv = dt * (gain[i] * ik[i] - leak) * ic[i] - ar[i] * (pn - pi) * ic[i];                 \
-    const T vu = vi + dv;                                                                           \
+    const T drive_in = (gain[i] * ik[i] - leak) * ic[i];                                            \
+    const int pinned = (vi >= vclip && drive_in > zero) || (vi <= -vclip && drive_in < zero);       \
+    const T drive = pinned ? zero : drive_in; /* at the clip the junction takes it */               \
+    const T inc = dt * phi1 * dist * rate + dt * dt * phi2 * sens * fv[i] * drive;                  \
+    const T lo = -ps[i] - pi, hi = ps[i] - pi;                                                      \
+    const T incc = FMIN(FMAX(inc, lo), hi);                                                         \
+    const T pn = pi + incc;                                                                         \
+    const T vu = vi + dt * drive - ar[i] * incc * ic[i];                                            \
     const T vn = FMIN(FMAX(vu, -vclip), vclip);
 
-/* The local Jacobian of the step, after FELIF_NEXT_STATE: a_vv, a_vp, a_pv, a_pp = d(vn, pn)/d(vi, pi)
- * and a_vi = d vn / d I (d pn / d I = 0), under torch autograd's conventions for
- * bruno.felif.euler_step (tests/test_bruno_fine_path.py checks them against autograd):
- * d|E|/dE = sign(E) (0 at E = 0), sign() has zero derivative, min(rate dt, DECAY_CAP) passes the
- * derivative where rate dt <= DECAY_CAP (torch.clamp), the polarisation's maximum(., -Ps) and
- * minimum(., Ps) pass it fully strictly inside and half at a tie (torch.maximum/minimum), and the
- * membrane clamp passes it where -V_CLIP <= vu <= V_CLIP (torch.clamp, ties inclusive). */
+/* The local Jacobian of the step, after FELIF_NEXT_STATE: a_vv, a_vp, a_vi, a_pv, a_pp, a_pi =
+ * d(vn, pn)/d(vi, pi, I), under torch autograd's conventions for bruno.felif.euler_step
+ * (tests/test_bruno_fine_path.py checks them against autograd): d|E|/dE = sign(E) (0 at E = 0),
+ * sign() has zero derivative, each phi's derivative is that of the branch evaluated (series or
+ * closed form), the increment's clamp (torch.clamp with tensor bounds) passes the derivative to
+ * the increment where lo <= inc <= hi (ties inclusive) and to the bound P-dependent bound strictly
+ * outside, and the membrane clamp passes it where -V_CLIP <= vu <= V_CLIP. */
 #define FELIF_LOCAL_JACOBIAN(T)                                                                     \
-    const T drate = rate * al[i] * ex / ae * se; /* d rate / dE */                                  \
-    const T ddecay = (rdt <= cap) ? -decay * dt * drate : zero;                                     \
-    const T dpu = (pi - target) * ddecay; /* d pu / dE */                                           \
-    const T gp = ((pu > -ps[i]) ? one : ((pu == -ps[i]) ? half : zero)) *                           \
-                 ((pm < ps[i]) ? one : ((pm == ps[i]) ? half : zero));                              \
-    const T a_pv = gp * dpu * fv[i];                                                                \
-    const T a_pp = gp * (decay - dpu * fp[i]);                                                      \
+    const T se2 = se * se;                                                                          \
+    const T drate = rate * al[i] * ex * se / ae; /* d rate / dE */                                  \
+    const T dsens = se2 * dist * al[i] * rate * ex / (ae * ae) * (al[i] * ex - al[i] - one);        \
+    const T psens = -se * rate * al[i] * ex / ae; /* d sens / dP through D */                       \
+    const T dlam = -drate + kf[i] * dsens, plam = kf[i] * psens;                                    \
+    const T dphi1 = small ? c2 + z * (2 * c6 + z * (3 * c24 + z * (4 * c120 + z * 5 * c720)))      \
+                          : (em + one - phi1) / zs;                                                 \
+    const T dphi2 = small ? c6 + z * (2 * c24 + z * (3 * c120 + z * (4 * c720 + z * 5 * c5040)))   \
+                          : (phi1 - 2 * phi2) / zs;                                                 \
+    const T w2 = dt * dt * fv[i] * drive;                                                           \
+    const T inc_e = dt * (dphi1 * dt * dlam * dist * rate + phi1 * dist * drate) +                  \
+                    w2 * (dphi2 * dt * dlam * sens + phi2 * dsens);                                 \
+    const T inc_p = dt * (dphi1 * dt * plam * dist * rate - phi1 * rate) +                          \
+                    w2 * (dphi2 * dt * plam * sens + phi2 * psens);                                 \
+    const T inc_b = dt * dt * phi2 * sens * fv[i];                                                  \
+    const T db_dv = pinned ? zero : -sv * i0a[i] * ev * ivt[i] * ic[i];                             \
+    const T db_di = pinned ? zero : gain[i] * ic[i];                                                \
+    const T gx = (inc >= lo && inc <= hi) ? one : zero;                                             \
+    const T gb = (inc < lo || inc > hi) ? one : zero; /* the bound's own d/dP is -1 */              \
+    const T a_pv = gx * (inc_e * fv[i] + inc_b * db_dv);                                            \
+    const T a_pp = one + gx * (inc_p - inc_e * fp[i]) - gb;                                         \
+    const T a_pi = gx * inc_b * db_di;                                                              \
     const T gv = (vu >= -vclip && vu <= vclip) ? one : zero;                                        \
     const T aic = ar[i] * ic[i];                                                                    \
-    const T a_vv = gv * (one - dt * sv * i0a[i] * ev * ivt[i] * ic[i] - aic * a_pv);                \
+    const T a_vv = gv * (one + dt * db_dv - aic * a_pv);                                            \
     const T a_vp = gv * aic * (one - a_pp);                                                         \
-    const T a_vi = gv * dt * gain[i] * ic[i];
+    const T a_vi = gv * (dt * db_di - aic * a_pi);
 
-#define TANGENT_CHUNK 256 /* neurons per pass of the tangent variant (its scratch: 5 x this) */
+#define TANGENT_CHUNK 256 /* neurons per pass of the tangent variant (its scratch: 6 x this) */
 
 #define DEFINE_KERNEL(T, SUFFIX, EXP, LOG, FABS, FMIN, FMAX)                                       \
     static void block_##SUFFIX(int64_t lo, int64_t hi, int64_t n, int64_t steps, T dt,            \
@@ -210,21 +242,24 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
         const T *restrict ic = coef[C_INV_C];                                                       \
         const T *restrict thr = coef[C_THRESHOLD];                                                  \
         const T *restrict rv = coef[C_RESET_V];                                                     \
-        const T one = (T)1, zero = (T)0, half = (T)0.5, vclip = (T)V_CLIP, cap = (T)DECAY_CAP;     \
-        T local[5 * TANGENT_CHUNK]; /* the local Jacobian of one chunk (tangent variant) */        \
-        (void)half;                                                                                 \
+        const T *restrict kf = coef[C_FEEDBACK];                                                    \
+        const T one = (T)1, zero = (T)0, vclip = (T)V_CLIP, phs = (T)PHI_SERIES;                    \
+        const T c2 = (T)(1.0 / 2), c6 = (T)(1.0 / 6), c24 = (T)(1.0 / 24), c120 = (T)(1.0 / 120);   \
+        const T c720 = (T)(1.0 / 720), c5040 = (T)(1.0 / 5040);                                     \
+        T local[6 * TANGENT_CHUNK]; /* the local Jacobian of one chunk (tangent variant) */        \
         (void)local;                                                                                \
         for (int64_t k = 0; k < steps; ++k) {                                                       \
             const T *restrict ik = current + k * i_stride;                                          \
             if (mode == 0 && tan) {                                                                 \
                 /* two passes per chunk (fewer live registers than one): the step and its local  \
-                 * Jacobian (the identity for a held neuron), then t <- A t + (b, 0) */           \
+                 * Jacobian (the identity for a held neuron), then t <- A t + b */                 \
                 for (int64_t c = lo; c < hi; c += TANGENT_CHUNK) {                                  \
                     const int64_t ce = c + TANGENT_CHUNK < hi ? c + TANGENT_CHUNK : hi;             \
                     T *restrict l_vv = local, *restrict l_vp = local + TANGENT_CHUNK;               \
                     T *restrict l_vi = local + 2 * TANGENT_CHUNK;                                   \
                     T *restrict l_pv = local + 3 * TANGENT_CHUNK;                                   \
                     T *restrict l_pp = local + 4 * TANGENT_CHUNK;                                   \
+                    T *restrict l_pi = local + 5 * TANGENT_CHUNK;                                   \
                     _Pragma("omp simd")                                                             \
                     for (int64_t i = c; i < ce; ++i) {                                              \
                         FELIF_NEXT_STATE(T, EXP, LOG, FABS, FMIN, FMAX)                             \
@@ -239,6 +274,7 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
                         l_vi[i - c] = h ? zero : a_vi;                                              \
                         l_pv[i - c] = h ? zero : a_pv;                                              \
                         l_pp[i - c] = h ? one : a_pp;                                               \
+                        l_pi[i - c] = h ? zero : a_pi;                                              \
                     }                                                                               \
                     T *restrict t_0 = tan, *restrict t_1 = tan + n, *restrict t_2 = tan + 2 * n;    \
                     T *restrict t_3 = tan + 3 * n, *restrict t_4 = tan + 4 * n;                     \
@@ -254,7 +290,7 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
                         t_2[i] = avv * x2 + avp * x5 + l_vi[i - c];                                 \
                         t_3[i] = apv * x0 + app * x3;                                               \
                         t_4[i] = apv * x1 + app * x4;                                               \
-                        t_5[i] = apv * x2 + app * x5;                                               \
+                        t_5[i] = apv * x2 + app * x5 + l_pi[i - c];                                 \
                     }                                                                               \
                 }                                                                                   \
             } else if (mode == 0) {                                                                 \

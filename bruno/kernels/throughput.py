@@ -37,12 +37,13 @@ def throughput(
 ) -> dict:
     """Neuron-fine-steps per second of one fine-path call (median over ``repeats``).
 
-    ``backend``: "native" (the fused kernel) or "torch" (the plain torch loop).
+    ``backend``: "native" (the fused C kernel), "triton" (the fused Triton kernel; ``device``
+    "cuda") or "torch" (the plain torch loop, on ``device``).
     The state spans the operating range and the current is 0–2 nA, so switching, leak and held
     neurons all occur.
     """
-    if backend not in ("native", "torch"):
-        raise ValueError(f"backend must be 'native' or 'torch', got {backend!r}")
+    if backend not in ("native", "torch", "triton"):
+        raise ValueError(f"backend must be 'native', 'torch' or 'triton', got {backend!r}")
     p = FeLIFParameters()
     generator = torch.Generator().manual_seed(seed)
     state = random_state((neurons,), p, generator, dtype, device)
@@ -50,7 +51,9 @@ def throughput(
         dtype=dtype, device=device
     )
     kernel = kernels.select(backend, state.v)
-    coefficients = ffi.pack_coefficients(p, (neurons,), dtype) if kernel else None
+    coefficients = None
+    if kernel is not None or backend == "triton":
+        coefficients = ffi.pack_coefficients(p, (neurons,), dtype).to(state.v.device)
 
     def call():
         return kernels.integrate(
@@ -93,8 +96,28 @@ def compare_throughput(
     repeats: int = 3,
     dtype: torch.dtype = torch.float32,
 ) -> list[dict]:
-    """Fused kernel and plain torch loop side by side, in one process, per neuron count."""
+    """Fused kernel and plain torch loop side by side, in one process, per neuron count; on a
+    machine with CUDA and triton also the Triton kernel beside the torch loop on the GPU."""
     rows = []
+    if torch.cuda.is_available():
+        from bruno.kernels import triton_kernel
+
+        if triton_kernel.available(torch.empty(1, device="cuda"))[0]:
+            for n in (*neurons, 1 << 20):
+                fused = throughput(n, steps, repeats, "triton", dtype, "cuda")
+                plain = throughput(n, min(steps, 100), repeats, "torch", dtype, "cuda")
+                rows.append(
+                    {
+                        "neurons": n,
+                        "steps": steps,
+                        "dtype": fused["dtype"],
+                        "device": "cuda",
+                        "fused_neuron_steps_per_s": fused["neuron_steps_per_s"],
+                        "torch_loop_neuron_steps_per_s": plain["neuron_steps_per_s"],
+                        "speedup": fused["neuron_steps_per_s"] / plain["neuron_steps_per_s"],
+                        "kernel": "triton",
+                    }
+                )
     for n in neurons:
         fused = throughput(n, steps, repeats, "native", dtype)
         plain = throughput(n, steps, repeats, "torch", dtype)
@@ -103,6 +126,7 @@ def compare_throughput(
                 "neurons": n,
                 "steps": steps,
                 "dtype": fused["dtype"],
+                "device": "cpu",
                 "threads": fused["threads"],
                 "fused_neuron_steps_per_s": fused["neuron_steps_per_s"],
                 "torch_loop_neuron_steps_per_s": plain["neuron_steps_per_s"],

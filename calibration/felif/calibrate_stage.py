@@ -139,7 +139,7 @@ def calibrate(
             targets,
             start=start_values,
             fixed={**fixed, **leak.values},
-            max_nfev=20 if quick else 60,
+            max_nfev=35 if quick else 60,
             log=_say,
         )
         attempts.append(
