@@ -16,11 +16,14 @@ reset (the layer does those, identically for all algorithms):
                 of bruno.felif.derivatives);
                 ``"euler"`` autograd through :func:`bruno.felif.euler_step` at ``coarse_dt``, the
                 SPEC's literal form. With the exponential Rosenbrock-Euler step (the switching
-                feedback's eigenvalue in the polarisation update) its gradient is bounded: on the
-                test network cosine 0.87 with BPTT's exact gradient, norm 1.3 x (the implicit
-                one: 0.84, 0.41 x); with the former frozen-field step it exploded through time
-                (~1e17 x BPTT's, cosine ~0). With ``fine_steps = 1``, ``"euler"`` reproduces
-                BPTT's gradients exactly (a required identity, tested);
+                feedback's eigenvalue in the polarisation update) it is bounded on the small test
+                network (cosine 0.87 with BPTT's exact gradient, norm 1.3 x; the implicit one:
+                0.84, 0.41 x; the former frozen-field step: ~1e17 x, cosine ~0), but at the
+                Braille operating point (drive -3.8..+3.2 nA, 19 % of the time at the -5 V clip,
+                130 coarse steps) it still grows through time: cosine 0.07 / 0.04 with the exact
+                gradient, norm ~1e6 x (`make diagnose`, 2026-12-03; implicit: 0.955 / 0.945).
+                With ``fine_steps = 1``, ``"euler"`` reproduces BPTT's gradients exactly (a
+                required identity, tested);
                 ``"exact"`` :func:`exact_step`, no coarse step: the fine path propagates, in
                 forward mode, the tangents of its end state with respect to (v_k, P_k, I) through
                 every fine step (:func:`bruno.kernels.integrate_with_jacobian`: 6 numbers per

@@ -132,9 +132,9 @@ def _input_gradient(algorithm, **kwargs):
 def test_bruno_coarse_gradients_point_like_bptt():
     """Both coarse gradients are aligned with the exact BPTT gradient on this network: the
     implicit one (cosine 0.84, norm 0.41 x BPTT's) and autograd through one 1 ms euler_step
-    (cosine 0.87, norm 1.29 x). The latter exploded (~1e17 x BPTT's, cosine ~0) while the step
-    switched the FeCAP at a frozen field; the exponential Rosenbrock-Euler step's feedback
-    eigenvalue bounds it."""
+    (cosine 0.87, norm 1.29 x). The latter exploded here (~1e17 x BPTT's, cosine ~0) while the
+    step switched the FeCAP at a frozen field; with the feedback eigenvalue it is bounded on this
+    small network (not at the Braille operating point over 130 steps: bruno/algorithms.py)."""
     bptt = _input_gradient("bptt")
 
     def cosine(a, b):
