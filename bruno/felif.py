@@ -97,6 +97,14 @@ def initial_state(
     return FeLIFState(v=v, polarization=polarization.expand(shape).clone())
 
 
+def _stack_denominator(p: FeLIFParameters) -> float | torch.Tensor:
+    """t_fe eps_int + t_int eps_fe (m): the field's common denominator in the two-layer stack."""
+    return (
+        p.ferroelectric_thickness * p.interlayer_permittivity
+        + p.interlayer_thickness * p.ferroelectric_permittivity
+    )
+
+
 def ferroelectric_field(
     v: torch.Tensor, polarization: torch.Tensor, p: FeLIFParameters
 ) -> torch.Tensor:
@@ -105,11 +113,7 @@ def ferroelectric_field(
         p.interlayer_permittivity * v
         - (p.interlayer_thickness / VACUUM_PERMITTIVITY) * polarization
     )
-    denominator = (
-        p.ferroelectric_thickness * p.interlayer_permittivity
-        + p.interlayer_thickness * p.ferroelectric_permittivity
-    )
-    return numerator / denominator
+    return numerator / _stack_denominator(p)
 
 
 def switching_rate(field: torch.Tensor, p: FeLIFParameters) -> torch.Tensor:
@@ -162,17 +166,10 @@ def phi_functions(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def feedback_field_coefficient(p: FeLIFParameters) -> float | torch.Tensor:
     """dE/dP (V m / C) along the membrane's charge balance: a polarisation change dP takes
     A dP from the membrane (dv = -A dP / C_tot), and both lower the ferroelectric field."""
-    denominator = (
-        p.ferroelectric_thickness * p.interlayer_permittivity
-        + p.interlayer_thickness * p.ferroelectric_permittivity
-    )
-    return (
-        -(
-            p.interlayer_thickness / VACUUM_PERMITTIVITY
-            + p.interlayer_permittivity * p.area / p.total_capacitance
-        )
-        / denominator
-    )
+    return -(
+        p.interlayer_thickness / VACUUM_PERMITTIVITY
+        + p.interlayer_permittivity * p.area / p.total_capacitance
+    ) / _stack_denominator(p)
 
 
 def euler_step(
@@ -221,10 +218,7 @@ def euler_step(
     pinned = ((v >= V_CLIP) & (drive > 0)) | ((v <= -V_CLIP) & (drive < 0))
     drive = torch.where(pinned, torch.zeros_like(drive), drive)
     phi1, phi2 = phi_functions(eigenvalue * dt)
-    field_per_volt = p.interlayer_permittivity / (
-        p.ferroelectric_thickness * p.interlayer_permittivity
-        + p.interlayer_thickness * p.ferroelectric_permittivity
-    )
+    field_per_volt = p.interlayer_permittivity / _stack_denominator(p)  # dE/dv
     increment = dt * phi1 * distance * rate + dt * dt * phi2 * sensitivity * field_per_volt * drive
     increment = torch.clamp(increment, min=-ps - polarization, max=ps - polarization)
     new_v = v + dt * drive - p.area * increment / c_tot

@@ -35,6 +35,7 @@ import os
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -188,17 +189,28 @@ def _select_kernel(
     return kernel if kernel is not None else select(backend, state.v)
 
 
-def _hold_buffers(
-    state: FeLIFState, current: torch.Tensor, held: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Flat contiguous copies a fused kernel integrates in place: v, P, the current broadcast to
-    the neurons, and the held flags as uint8."""
+def _run_fused(
+    run: Callable[..., None],
+    state: FeLIFState,
+    current: torch.Tensor,
+    p: FeLIFParameters,
+    held: torch.Tensor | None,
+    coefficients: torch.Tensor | None,
+) -> tuple[FeLIFState, torch.Tensor]:
+    """A fused kernel in HOLD mode on flat contiguous copies of the state:
+    ``run(v, P, current, held_uint8, coefficients)`` integrates them in place (the current
+    broadcast to the neurons, the coefficients packed for this shape, dtype and device)."""
     v = state.v
-    v_out = v.detach().contiguous().clone().reshape(-1)
-    p_out = state.polarization.detach().contiguous().clone().reshape(-1)
-    drive = torch.broadcast_to(current.detach().to(v.dtype), v.shape).contiguous().reshape(-1)
-    flags = _as_bool(held, v).to(torch.uint8).contiguous().reshape(-1).clone()
-    return v_out, p_out, drive, flags
+    shape = v.shape
+    with torch.no_grad():
+        v_out = v.detach().contiguous().clone().reshape(-1)
+        p_out = state.polarization.detach().contiguous().clone().reshape(-1)
+        drive = torch.broadcast_to(current.detach().to(v.dtype), shape).contiguous().reshape(-1)
+        flags = _as_bool(held, v).to(torch.uint8).contiguous().reshape(-1).clone()
+        if coefficients is None or coefficients.device != v.device:
+            coefficients = ffi.pack_coefficients(p, shape, v.dtype).to(v.device)
+        run(v_out, p_out, drive, flags, coefficients)
+    return FeLIFState(v_out.reshape(shape), p_out.reshape(shape)), flags.reshape(shape).bool()
 
 
 def _run_native(
@@ -212,27 +224,16 @@ def _run_native(
     coefficients: torch.Tensor | None,
     tangents: torch.Tensor | None = None,
 ) -> tuple[FeLIFState, torch.Tensor]:
-    """The kernel in HOLD mode on copies of the state; ``tangents``: see
+    """The C kernel in HOLD mode (:func:`_run_fused`); ``tangents``: see
     :meth:`bruno.kernels.ffi.NativeKernel.run`."""
-    v = state.v
-    shape = v.shape
-    with torch.no_grad():
-        v_out, p_out, drive, flags = _hold_buffers(state, current, held)
-        if coefficients is None:
-            coefficients = ffi.pack_coefficients(p, shape, v.dtype)
+
+    def run(v, pol, drive, flags, packed):
         kernel.run(
-            v_out,
-            p_out,
-            drive,
-            False,
-            coefficients,
-            float(dt),
-            int(steps),
-            ffi.MODE_HOLD,
-            held=flags,
-            tangents=tangents,
-        )
-    return FeLIFState(v_out.reshape(shape), p_out.reshape(shape)), flags.reshape(shape).bool()
+            v, pol, drive, False, packed, float(dt), int(steps), ffi.MODE_HOLD,
+            held=flags, tangents=tangents,
+        )  # fmt: skip
+
+    return _run_fused(run, state, current, p, held, coefficients)
 
 
 def integrate(
@@ -283,17 +284,13 @@ def _run_triton(
     held: torch.Tensor | None,
     coefficients: torch.Tensor | None,
 ) -> tuple[FeLIFState, torch.Tensor]:
-    """The Triton kernel in HOLD mode on copies of the state."""
+    """The Triton kernel in HOLD mode (:func:`_run_fused`)."""
     from bruno.kernels import triton_kernel
 
-    v = state.v
-    shape, device = v.shape, v.device
-    with torch.no_grad():
-        v_out, p_out, drive, flags = _hold_buffers(state, current, held)
-        if coefficients is None or coefficients.device != device:
-            coefficients = ffi.pack_coefficients(p, shape, v.dtype).to(device)
-        triton_kernel.run_hold(v_out, p_out, drive, flags, coefficients, float(dt), int(steps))
-    return FeLIFState(v_out.reshape(shape), p_out.reshape(shape)), flags.reshape(shape).bool()
+    def run(v, pol, drive, flags, packed):
+        triton_kernel.run_hold(v, pol, drive, flags, packed, float(dt), int(steps))
+
+    return _run_fused(run, state, current, p, held, coefficients)
 
 
 def _identity_jacobian(like: torch.Tensor) -> torch.Tensor:
