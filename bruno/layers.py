@@ -84,7 +84,16 @@ class SpikingLayer(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         _check_drive(x, self.size, self.variability_factors, type(self).__name__)
 
-    def forward(self, x: torch.Tensor, state: tuple | None = None, return_state: bool = False):
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: tuple | None = None,
+        return_state: bool = False,
+        return_voltage: bool = False,
+    ):
+        """Spikes ``[T, B, N]``; with ``return_state`` also the end state, with
+        ``return_voltage`` also the membrane voltage at the end of every step ``[T, B, N]``
+        (before the reset; in the graph, for a readout of the membrane)."""
         self.check_input(x)
         batch = x.shape[1]
         prepared = self.prepare(x)
@@ -94,13 +103,15 @@ class SpikingLayer(nn.Module):
             raise ValueError(
                 f"{type(self).__name__}: state tensors must have shape [{batch}, {self.size}]"
             )
-        spikes, traces = [], []
+        spikes, traces, voltages = [], [], []
         # unbind, not x[k]: indexing makes each step's backward zero-fill a full [T, B, N] tensor
         for k, frame in enumerate(x.unbind(0)):
             if self.grad_window and k and k % self.grad_window == 0:
                 state = type(state)(*(t.detach() for t in state))
             s, state, trace = self.step(state, frame, prepared)
             spikes.append(s)
+            if return_voltage:
+                voltages.append(trace[0])
             if self.record_state:
                 traces.append([t.detach() for t in trace])
         if self.record_state:
@@ -109,7 +120,10 @@ class SpikingLayer(nn.Module):
                     self, f"last_{name}", torch.stack([t[j] for t in traces]) if traces else None
                 )
         out = torch.stack(spikes) if spikes else x.new_zeros(x.shape)
-        return (out, state) if return_state else out
+        result = (out, state) if return_state else (out,)
+        if return_voltage:
+            result += (torch.stack(voltages) if voltages else x.new_zeros(x.shape),)
+        return result if len(result) > 1 else out
 
 
 class FeLIFLayer(SpikingLayer):
@@ -312,6 +326,8 @@ class LIFLayer(SpikingLayer):
         dt: float = 1e-3,
         threshold: float = 1.0,
         reset: str = "zero",
+        floor: float | None = None,
+        floor_gradient: str = "none",
         surrogate_slope: float = LIF_SLOPE,
         variability_sigma: float = 0.0,
         seed: int = 0,
@@ -319,7 +335,9 @@ class LIFLayer(SpikingLayer):
         record_state: bool = False,
     ) -> None:
         super().__init__(size, grad_window, record_state)
-        self.parameters_ = LIFParameters(tau_mem, tau_syn, threshold, dt, reset)
+        self.parameters_ = LIFParameters(
+            tau_mem, tau_syn, threshold, dt, reset, floor, floor_gradient
+        )
         self.parameters_.validate()
         self.surrogate_slope = float(surrogate_slope)
         self.variability_sigma = float(variability_sigma)
@@ -340,7 +358,15 @@ class LIFLayer(SpikingLayer):
     def neuron_parameters(self, dtype=torch.float32, device=None) -> LIFParameters:
         f = self.variability_factors.to(dtype=dtype, device=device)
         p = self.parameters_
-        return LIFParameters(p.tau_mem * f[0], p.tau_syn * f[1], p.threshold * f[2], p.dt, p.reset)
+        return LIFParameters(
+            p.tau_mem * f[0],
+            p.tau_syn * f[1],
+            p.threshold * f[2],
+            p.dt,
+            p.reset,
+            p.floor,
+            p.floor_gradient,
+        )
 
     def extra_repr(self) -> str:
         p = self.parameters_

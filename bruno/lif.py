@@ -7,6 +7,9 @@ Exact-exponential discretisation with an explicit time step ``dt`` (so the dynam
     v_{t+1} = beta v_t + (1 - beta) I_{t+1}        (membrane; a constant drive x settles at v = x)
     s_{t+1} = Heaviside(v_{t+1} - threshold)       (surrogate gradient, bruno.surrogate)
     reset:  "zero" v <- v (1 - s)  or  "subtract" v <- v - s threshold, with s detached
+    floor (optional): v <- max(v, floor) before the spike test: a lower rail, like the FeLIF
+            membrane's -5 V clip (the state below it is lost and no gradient passes there;
+            floor_gradient "straight_through" passes the gradient as if there were no rail)
 
 so a neuron fires for a sustained drive x > threshold (threshold 1 by default).
 """
@@ -29,12 +32,22 @@ class LIFParameters:
     threshold: float | torch.Tensor = 1.0  # dimensionless
     dt: float = 1e-3  # s
     reset: str = "zero"  # "zero" or "subtract"
+    floor: float | None = None  # lower rail of the membrane (units of x); None: no rail
+    floor_gradient: str = "none"  # "none" (the rail's own) or "straight_through"
 
     def validate(self) -> None:
         if not (isinstance(self.dt, int | float) and math.isfinite(self.dt) and self.dt > 0):
             raise ValueError(f"dt must be a finite number > 0, got {self.dt!r}")
         if self.reset not in ("zero", "subtract"):
             raise ValueError(f"reset must be 'zero' or 'subtract', got {self.reset!r}")
+        if self.floor_gradient not in ("none", "straight_through"):
+            raise ValueError(
+                f"floor_gradient must be 'none' or 'straight_through', got {self.floor_gradient!r}"
+            )
+        if self.floor is not None and not (math.isfinite(self.floor) and self.floor < 0):
+            raise ValueError(
+                f"floor must be a finite number < 0 (below rest) or None, got {self.floor!r}"
+            )
         for name, low in (("tau_mem", 0.0), ("tau_syn", 0.0), ("threshold", 0.0)):
             value = torch.as_tensor(getattr(self, name), dtype=torch.float64)
             if not bool(torch.isfinite(value).all()):
@@ -65,6 +78,9 @@ def lif_step(
     beta = decay(p.tau_mem, p.dt, x)
     syn = alpha * state.syn + (1 - alpha) * x
     v = beta * state.v + (1 - beta) * syn
+    if p.floor is not None:
+        railed = v.clamp_min(p.floor)
+        v = v + (railed - v).detach() if p.floor_gradient == "straight_through" else railed
     threshold = torch.as_tensor(p.threshold, dtype=x.dtype, device=x.device)
     s = spike(v - threshold, slope)
     fired = s.detach()
@@ -89,6 +105,8 @@ def simulate_scalar(
     for k, drive in enumerate(x):
         syn = alpha * syn + (1 - alpha) * drive
         v = beta * v + (1 - beta) * syn
+        if p.floor is not None:
+            v = max(v, p.floor)
         if v > threshold:
             spikes.append((k + 1) * dt)
             v = 0.0 if p.reset == "zero" else v - threshold

@@ -90,6 +90,12 @@ def dump(config: AnyExperiment) -> dict[str, Any]:
     return config.model_dump(mode="json")
 
 
+def what_runs(dumped: dict[str, Any]) -> dict[str, Any]:
+    """A dumped config without its ``description``: what decides the run. Two runs are of the same
+    experiment when these are equal (rewording a family's description changes no run)."""
+    return {k: v for k, v in dumped.items() if k != "description"}
+
+
 def _read_json(path: Path) -> dict:
     try:
         raw = json.loads(path.read_text())

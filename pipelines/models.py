@@ -3,12 +3,15 @@
 JSB Chorales (next-frame prediction, one frame = one coarse step):
     spiking:  notes [T,B,54] -> synapses 54->H -> H spiking neurons (FeLIF/LIF/RLIF)
               -> synapses H->54 -> 54 logits (sigmoid outputs, BCE)
+              [+ synapses H->54 read by the membrane voltages (voltage_readout)]
     lstm/gru: notes -> LSTM/GRU(H) -> Linear H->54 -> 54 logits (the non-spiking references)
 
 Braille letters (27 classes):
     events [T,B,24] -> synapses 24->H -> H hidden neurons (LIF/RLIF, or FeLIF)
                     -> synapses H->27 -> 27 output neurons (FeLIF with BRUNO, or LIF/RLIF)
-    logits = count_scale * (output spike counts over the sample); cross-entropy.
+    logits = count_scale * (output spike counts over the sample)
+             [+ voltage_readout * (output membrane voltage averaged over the sample)];
+    cross-entropy.
     lstm/gru: events -> LSTM/GRU(H) -> Linear H->27 on the last step's hidden state.
 
 The synapse layers are ``bruno.synapses.SynapticLinear`` at the configured precision (fp, n-bit,
@@ -91,7 +94,7 @@ def synapses(in_features: int, out_features: int, synapse: schema.Synapse, seed:
 
 
 class JSBSpiking(nn.Module):
-    def __init__(self, model: schema.SpikingModel, seed: int):
+    def __init__(self, model: schema.JSBSpikingModel, seed: int):
         super().__init__()
         hidden = model.hidden
         self.input_gain = float(hidden.gain)
@@ -101,10 +104,25 @@ class JSBSpiking(nn.Module):
         if self.synapses_out.bias is not None:
             with torch.no_grad():
                 self.synapses_out.bias.fill_(JSB_OUTPUT_BIAS)
+        self.synapses_voltage = None
+        if model.voltage_readout:
+            from bruno.felif import V_CLIP
+            from bruno.layers import FeLIFLayer
+
+            no_bias = model.synapse.model_copy(update={"bias": False})
+            self.synapses_voltage = synapses(hidden.size, JSB_NOTES, no_bias, seed + 3)
+            self.voltage_unit = (
+                V_CLIP if isinstance(self.neurons, FeLIFLayer) else hidden.neuron.threshold
+            )
 
     def forward(self, notes: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        spikes = self.neurons(self.input_gain * self.synapses_in(notes))
-        return self.synapses_out(spikes), {"spikes": spikes}
+        drive = self.input_gain * self.synapses_in(notes)
+        if self.synapses_voltage is None:
+            spikes = self.neurons(drive)
+            return self.synapses_out(spikes), {"spikes": spikes}
+        spikes, voltage = self.neurons(drive, return_voltage=True)
+        logits = self.synapses_out(spikes) + self.synapses_voltage(voltage / self.voltage_unit)
+        return logits, {"spikes": spikes}
 
 
 class Recurrent(nn.Module):
@@ -133,6 +151,7 @@ class BrailleSpiking(nn.Module):
         self.input_gain = float(hidden.gain)
         self.output_gain = float(output.gain)
         self.count_scale = float(output.readout_scale)
+        self.voltage_readout = float(output.voltage_readout)
         self.synapses_in = synapses(BRAILLE_CHANNELS, hidden.size, model.synapse, seed)
         self.hidden = neuron_layer(hidden.neuron, hidden.size, model, seed + 1)
         self.synapses_out = synapses(hidden.size, BRAILLE_CLASSES, model.synapse, seed + 2)
@@ -140,9 +159,15 @@ class BrailleSpiking(nn.Module):
 
     def forward(self, events: torch.Tensor) -> tuple[torch.Tensor, dict]:
         hidden_spikes = self.hidden(self.input_gain * self.synapses_in(events))
-        output_spikes = self.outputs(self.output_gain * self.synapses_out(hidden_spikes))
-        counts = output_spikes.sum(0)
-        return self.count_scale * counts, {"spikes": hidden_spikes, "output_spikes": output_spikes}
+        drive = self.output_gain * self.synapses_out(hidden_spikes)
+        aux = {"spikes": hidden_spikes}
+        if self.voltage_readout:
+            output_spikes, voltage = self.outputs(drive, return_voltage=True)
+            logits = self.voltage_readout * voltage.mean(0)
+        else:
+            output_spikes, logits = self.outputs(drive), 0.0
+        aux["output_spikes"] = output_spikes
+        return logits + self.count_scale * output_spikes.sum(0), aux
 
 
 def build(config: schema.AnyExperiment, seed: int) -> nn.Module:

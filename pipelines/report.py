@@ -108,6 +108,7 @@ def describe(config: AnyExperiment) -> dict:
             "synapses": "fp",
             "synapses_display": "fp",
             "sigma": 0.0,
+            "readout": "linear",
         }
     neurons = model.neurons()
     sizes = [model.hidden.size] + ([27] if len(neurons) == 2 else [])
@@ -122,16 +123,23 @@ def describe(config: AnyExperiment) -> dict:
             shown += f", {felif.coarse_gradient} coarse gradient"
     precision = model.synapse.precision
     sigmas = [n.variability_sigma for n in neurons if n.variability_sigma is not None]
+    if config.task == "braille":
+        scale = model.output.voltage_readout
+        readout = "counts" if not scale else f"counts + {scale:g} x mean v"
+    else:
+        readout = "spikes + voltage" if model.voltage_readout else "spikes"
     return {
         "network": "->".join(n.kind for n in neurons),
         "display": " -> ".join(
             f"{_neuron_label(n)}({size})" for n, size in zip(neurons, sizes, strict=True)
-        ),
+        )
+        + f" [{readout}]",
         "algorithm": algorithm,
         "algorithm_display": shown,
         "synapses": precision,
         "synapses_display": "RRAM 3-bit (calibrated)" if precision == "rram" else precision,
         "sigma": max(sigmas, default=0.0),
+        "readout": readout,
     }
 
 
@@ -148,8 +156,10 @@ def _stat(values: list[float], key: str, digits: int) -> str:
 
 
 def _variant(run: dict) -> str:
-    """The resolved config without its seeds: runs pool only when this is the same."""
-    return json.dumps(cfg.dump(run["config"].model_copy(update={"seeds": [0]})), sort_keys=True)
+    """The resolved config without its seeds and description: runs pool only when this is the
+    same."""
+    dumped = cfg.dump(run["config"].model_copy(update={"seeds": [0]}))
+    return json.dumps(cfg.what_runs(dumped), sort_keys=True)
 
 
 def summarise(runs: list[dict]) -> dict[str, list[dict]]:
@@ -205,6 +215,7 @@ def summary(groups: dict[str, list[dict]]) -> list[dict]:
                     "algorithm": about["algorithm"],
                     "synapses": about["synapses"],
                     "sigma": about["sigma"],
+                    "readout": about["readout"],
                     "seeds": [run["metrics"]["seed"] for run in runs],
                     "values": values,
                     "mean": statistics.fmean(finite) if finite else None,
@@ -256,7 +267,12 @@ def table(entries: list[dict]) -> tuple[str, list[dict]]:
 def matrix(entries: list[dict]) -> str | None:
     """The headline metric as the paper's comparison grid: one row per network and training
     algorithm, one column per synapse type and variability; None when the group has only one
-    row or one column."""
+    row or one column. Only experiments under their config's own name count: a run in a
+    directory of its own naming (``train --run NAME``: a variant made with ``--set``) is listed in
+    the table, but would share a cell with the experiment it varies."""
+    entries = [e for e in entries if e["name"] == e["config"].name]
+    if not entries:
+        return None
     key, title, digits, _ = _metrics_for(entries[0])[0]
     cells: dict[tuple[str, str], str] = {}
     rows: list[str] = []

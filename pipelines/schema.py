@@ -74,6 +74,14 @@ class LIFNeuron(Section):
     tau_syn: Annotated[float, Field(ge=0, le=10)] = Field(5e-3, description="0: no filter")
     threshold: Annotated[float, Field(ge=1e-9, le=1e6)] = 1.0
     reset: Literal["zero", "subtract"] = "zero"
+    floor: Annotated[float, Field(ge=-1e6, lt=0)] | None = Field(
+        None,
+        description="a lower rail of the membrane (units of the drive; null: none), like the "
+        "FeLIF's -5 V clip: below it the state is lost and no gradient passes",
+    )
+    floor_gradient: Literal["none", "straight_through"] = Field(
+        "none", description="the rail's gradient: none (its own), or passed straight through"
+    )
     surrogate_slope: Annotated[float, Field(ge=1e-6, le=1e6)] = 25.0
     variability_sigma: Sigma = 0.0
 
@@ -107,10 +115,16 @@ class HiddenLayer(Section):
 
 
 class OutputLayer(Section):
-    """Braille: synapses hidden -> 27 output neurons; logits = readout_scale x spike counts."""
+    """Braille: synapses hidden -> 27 output neurons; logits = readout_scale x spike counts
+    (+ voltage_readout x the time-mean membrane voltage)."""
 
     gain: Gain = 1.0
     readout_scale: Annotated[float, Field(ge=1e-6, le=1e6)] = 1.0
+    voltage_readout: Annotated[float, Field(ge=0, le=1e6)] = Field(
+        0.0,
+        description="logits per unit of the output membrane voltage averaged over the sample "
+        "(FeLIF: per volt; LIF: per threshold); 0: spike counts only",
+    )
     neuron: Neuron
 
 
@@ -129,6 +143,18 @@ class SpikingModel(Section):
     def felif(self) -> FeLIFNeuron | None:
         """The network's FeLIF neuron config (the first one), or None."""
         return next((n for n in self.neurons() if isinstance(n, FeLIFNeuron)), None)
+
+
+class JSBSpikingModel(SpikingModel):
+    """JSB: the readout synapses read the hidden layer's spikes (and, optionally, its membrane
+    voltages through a second array)."""
+
+    voltage_readout: bool = Field(
+        False,
+        description="a second readout synapse array (no bias) read by the hidden membrane "
+        "voltages at the end of every frame, in units of the membrane's range (FeLIF: v / 5 V, "
+        "the clip; LIF: v / threshold), added to the spike readout's logits",
+    )
 
 
 class BrailleSpikingModel(SpikingModel):
@@ -244,7 +270,7 @@ class Experiment(Section):
 class JSBExperiment(Experiment):
     task: Literal["jsb"]
     data: JSBData = JSBData()
-    model: Annotated[SpikingModel | RecurrentModel, Field(discriminator="kind")]
+    model: Annotated[JSBSpikingModel | RecurrentModel, Field(discriminator="kind")]
 
 
 class BrailleExperiment(Experiment):

@@ -99,7 +99,7 @@ def _open(files: RunFiles, resolved: dict, dist: Dist, fresh: bool) -> dict | No
             previous = cfg.dump(cfg.resolve(previous, name=previous.get("name")))
         except cfg.ConfigError:
             pass  # a config of another format: certainly a different run
-        if previous != resolved:
+        if cfg.what_runs(previous) != cfg.what_runs(resolved):
             raise cfg.ConfigError(
                 f"{files.root} holds a run of a different config; use --fresh to overwrite it or "
                 f"--run NAME to write elsewhere"

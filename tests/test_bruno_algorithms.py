@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -469,6 +470,37 @@ def test_lif_step_and_scalar_simulation_agree():
         if state.spikes.item():
             tensor_spikes.append((k + 1) * p.dt)
     assert spikes == tensor_spikes and len(spikes) > 1
+
+
+def test_lif_floor_is_a_rail_without_gradient():
+    """With a floor the membrane never goes below it, a negative episode costs at most the
+    floor's depth (the scalar reference agrees spike for spike), and a step held at the floor
+    passes no gradient to its drive; without one the same drive goes deeper and fires later."""
+    p = LIFParameters(tau_mem=10.0, tau_syn=0.0, threshold=1.0, dt=1e-3, floor=-2.0)
+    drive = [-3000.0] * 10 + [2000.0] * 40
+    _, vs, _, spikes = simulate_scalar(drive, p)
+    _, _, _, free = simulate_scalar(drive, dataclasses.replace(p, floor=None))
+    assert min(vs) == -2.0 and spikes and (not free or free[0] > spikes[0])
+    x = torch.tensor(drive, dtype=torch.float64).reshape(-1, 1).requires_grad_(True)
+    state = LIFState(*(torch.zeros(1, dtype=torch.float64),) * 3)
+    vs_t, tensor_spikes = [], []
+    for k in range(len(drive)):
+        state = lif_step(state, x[k], p)
+        vs_t.append(state.v)
+        if state.spikes.item():
+            tensor_spikes.append((k + 1) * p.dt)
+    assert tensor_spikes == spikes
+    (grad,) = torch.autograd.grad(vs_t[8].sum(), x)
+    assert vs_t[8].item() == -2.0 and float(grad.abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="floor"):
+        LIFParameters(floor=0.5).validate()
+    # straight through: the same values, the gradient of the unrailed membrane
+    through = dataclasses.replace(p, floor_gradient="straight_through")
+    state = LIFState(*(torch.zeros(1, dtype=torch.float64),) * 3)
+    for k in range(9):
+        state = lif_step(state, x[k], through)
+    (grad,) = torch.autograd.grad(state.v.sum(), x)
+    assert state.v.item() == -2.0 and float(grad.abs().sum()) > 0
 
 
 @pytest.mark.parametrize("cls", [LIFLayer, RLIFLayer])

@@ -78,7 +78,8 @@ def test_report_tables_and_figures(tmp_path):
     text = (out / "report.md").read_text()
     assert "## braille" in text and "## jsb" in text
     assert (
-        "| braille_felif | LIF(150) -> FeLIF(27) | bruno, n=1000, implicit coarse gradient | fp "
+        "| braille_felif | LIF(150) -> FeLIF(27) [counts] | bruno, n=1000, "
+        "implicit coarse gradient | fp "
         "| 0 | 3 (0,1,2) "
         "| 85.0 ± 5.0 |" in text
     )
@@ -96,6 +97,7 @@ def test_report_tables_and_figures(tmp_path):
     assert felif["values"] == [0.80, 0.90, 0.85] and felif["metric"] == "test_accuracy"
     assert abs(felif["mean"] - 0.85) < 1e-12 and abs(felif["std"] - 0.05) < 1e-12
     assert records["jsb_lstm"]["network"] == "lstm" and records["jsb_felif"]["network"] == "felif"
+    assert (felif["readout"], records["jsb_felif"]["readout"]) == ("counts", "spikes")
     assert "unfinished" not in text
 
 

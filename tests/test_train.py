@@ -89,14 +89,18 @@ def test_shipped_configs_are_valid():
 def test_families_expand_to_named_experiments(tmp_path):
     names = cfg.list_experiments()
     braille = [n for n in names if n.startswith(("braille_felif", "braille_lif", "braille_rlif"))]
-    assert len(braille) == 12 and "braille_rlif_rram_v10" in braille
+    assert len(braille) == 16 and "braille_rlif_rram_v10" in braille
     assert {f"jsb_alg_{m}" for m in ("bptt", "checkpoint", "bruno", "coarse")} <= set(names)
     rlif = cfg.load("braille_rlif_rram_v10")
     assert [n.kind for n in rlif.model.neurons()] == ["rlif", "lif"]
     assert rlif.model.synapse.precision == "rram"
     assert [n.variability_sigma for n in rlif.model.neurons()] == [0.1, 0.1]
-    assert rlif.optim.epochs == 20
+    assert rlif.optim.epochs == 40 and rlif.model.hidden.neuron.recurrent_gain == 10.0
     assert "recurrent LIF" in rlif.description and rlif.group == "braille"
+    both = cfg.load("braille_rlif_felif_rram_v10").model
+    assert [n.kind for n in both.neurons()] == ["rlif", "felif"]
+    assert [n.variability_sigma for n in both.neurons()] == [0.1, 0.1]
+    assert (both.output.voltage_readout, both.output.gain) == (0.3, 10.0)
     # an axis may set keys inside an object an earlier axis wrote
     felif = cfg.load("braille_felif_fp_v10").model.output.neuron
     assert (felif.kind, felif.algorithm, felif.variability_sigma) == ("felif", "bruno", 0.1)
@@ -262,6 +266,9 @@ def test_resume_refuses_a_different_config(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     assert train.main([str(path), "--out", str(out), "--no-progress"]) == 3
     monkeypatch.setattr(loop, "BATCH_HOOKS", [])
+    # a reworded description is the same experiment: the run resumes and finishes
+    reworded = [str(path), "--out", str(out), "--no-progress", "--set", 'description="reworded"']
+    assert train.main(reworded) == 0 and "different config" not in capsys.readouterr().err
     args = [str(path), "--out", str(out), "--no-progress", "--set", "optim.lr=0.02"]
     assert train.main(args) == 2
     assert "different config" in capsys.readouterr().err
@@ -407,3 +414,85 @@ def test_model_config_reaches_the_neurons():
     assert recurrent.precision == "rram" and recurrent.bias is None
     assert net.hidden.recurrent_gain == 3.0
     assert recurrent.weight.shape == (6, 6)
+
+
+@pytest.mark.parametrize("neuron", [{"kind": "lif"}, {"kind": "felif", "fine_steps": 20}])
+def test_voltage_readout_adds_the_mean_membrane_voltage(neuron):
+    """logits = readout_scale x counts + voltage_readout x the output membrane voltage averaged
+    over the sample (the recorded end-of-step voltage, before the reset); 0 leaves the counts."""
+    from pipelines import models
+
+    raw = {
+        "task": "braille",
+        "model": {
+            "kind": "spiking",
+            "hidden": {"size": 6, "gain": 200.0, "neuron": {"kind": "lif"}},
+            "output": {
+                "gain": 10.0,
+                "readout_scale": 0.3,
+                "voltage_readout": 0.7,
+                "neuron": neuron,
+            },
+        },
+    }
+    net = models.build(cfg.resolve(raw, name="t"), 0)
+    events = (
+        torch.rand(12, 3, models.BRAILLE_CHANNELS, generator=torch.Generator().manual_seed(1)) < 0.3
+    ).float()
+    net.outputs.record_state = True
+    logits, aux = net(events)
+    voltage = net.outputs.last_v
+    expected = 0.3 * aux["output_spikes"].sum(0) + 0.7 * voltage.mean(0)
+    assert torch.equal(logits, expected)
+    assert float(voltage.std()) > 0
+    logits.sum().backward()
+    assert net.synapses_out.weight.grad.abs().sum() > 0
+    counts_only = models.build(
+        cfg.resolve(
+            {
+                **raw,
+                "model": {
+                    **raw["model"],
+                    "output": {**raw["model"]["output"], "voltage_readout": 0.0},
+                },
+            },
+            name="t",
+        ),
+        0,
+    )
+    logits0, aux0 = counts_only(events)
+    assert torch.equal(logits0, 0.3 * aux0["output_spikes"].sum(0))
+    assert torch.equal(aux0["output_spikes"], aux["output_spikes"])
+
+
+@pytest.mark.parametrize(
+    "neuron, unit",
+    [({"kind": "lif", "threshold": 0.5}, 0.5), ({"kind": "felif", "fine_steps": 20}, 5.0)],
+)
+def test_jsb_voltage_readout_reads_the_membrane_through_a_second_array(neuron, unit):
+    """logits = synapses_out(spikes) + synapses_voltage(v / unit), v the recorded end-of-frame
+    membrane voltage; the second array has no bias; off, the network is the spike readout alone."""
+    from pipelines import models
+
+    raw = {
+        "task": "jsb",
+        "model": {
+            "kind": "spiking",
+            "voltage_readout": True,
+            "hidden": {"size": 7, "gain": 10.0, "neuron": neuron},
+        },
+    }
+    net = models.build(cfg.resolve(raw, name="t"), 0)
+    assert net.synapses_voltage.bias is None and net.voltage_unit == unit
+    notes = (torch.rand(9, 2, 54, generator=torch.Generator().manual_seed(2)) < 0.1).float()
+    net.neurons.record_state = True
+    logits, aux = net(notes)
+    expected = net.synapses_out(aux["spikes"]) + net.synapses_voltage(net.neurons.last_v / unit)
+    assert torch.allclose(logits, expected, rtol=0, atol=1e-6)
+    logits.sum().backward()
+    assert net.synapses_voltage.weight.grad.abs().sum() > 0
+    plain = models.build(
+        cfg.resolve({**raw, "model": {**raw["model"], "voltage_readout": False}}, name="t"), 0
+    )
+    assert plain.synapses_voltage is None
+    assert torch.equal(plain(notes)[0], net.synapses_out(aux["spikes"]).detach())

@@ -82,6 +82,9 @@ def summarise(rows: list[dict], exported) -> dict:
         "experiment": config.name,
         "split": exported.split,
         "samples": len(rows),
+        # every view's prediction is the argmax of its spike counts; a run trained with a
+        # voltage_readout term is compared on its counts (README, Training: what that term does)
+        "readout": "spike counts" if config.task == "braille" else "software readout of spikes",
         "layer": {
             "neurons": neurons,
             "presynaptic": layer.synapses.in_features,

@@ -70,6 +70,11 @@ def hardware_layer(model: torch.nn.Module) -> HardwareLayer:
     if isinstance(model, BrailleSpiking):
         layer = HardwareLayer(model.synapses_out, model.outputs, model.output_gain)
     elif isinstance(model, JSBSpiking):
+        if model.synapses_voltage is not None:
+            raise CosimError(
+                "its readout also reads the hidden membrane voltages (voltage_readout); the "
+                "co-simulation's software readout reads the SPICE spikes only (train without it)"
+            )
         layer = HardwareLayer(
             model.synapses_in, model.neurons, model.input_gain, model.synapses_out
         )
@@ -99,7 +104,8 @@ def reference(model: torch.nn.Module, layer: HardwareLayer, inputs: torch.Tensor
 
     def keep_output(_module, args, output):
         captured["drive"] = args[0].detach()
-        captured["spikes"] = output.detach()
+        # a layer asked for its membrane voltage too (a voltage readout) returns (spikes, v)
+        captured["spikes"] = (output[0] if isinstance(output, tuple) else output).detach()
 
     hooks = [
         layer.synapses.register_forward_pre_hook(keep_input),
