@@ -13,6 +13,7 @@ Everything is plain torch apart from the FeLIF fine path, so the layers run unch
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -358,14 +359,8 @@ class LIFLayer(SpikingLayer):
     def neuron_parameters(self, dtype=torch.float32, device=None) -> LIFParameters:
         f = self.variability_factors.to(dtype=dtype, device=device)
         p = self.parameters_
-        return LIFParameters(
-            p.tau_mem * f[0],
-            p.tau_syn * f[1],
-            p.threshold * f[2],
-            p.dt,
-            p.reset,
-            p.floor,
-            p.floor_gradient,
+        return dataclasses.replace(
+            p, tau_mem=p.tau_mem * f[0], tau_syn=p.tau_syn * f[1], threshold=p.threshold * f[2]
         )
 
     def extra_repr(self) -> str:
