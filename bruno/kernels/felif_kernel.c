@@ -23,8 +23,9 @@
  * ~1 digit where the closed form is used (|z| >= PHI_SERIES).
  *
  * Layout: the time loop is outside, an inner loop over a block of neurons runs under
- * `#pragma omp simd` so that gcc calls glibc's vector math (libmvec) for exp/log; blocks are
- * spread over OpenMP threads only when there are enough neurons to fill them.
+ * `#pragma omp simd` (exp/log inlined below); blocks are spread over OpenMP threads only when
+ * there are enough neurons to fill them. A block's last (size mod TAIL_LANES) neurons run as one
+ * padded full vector (tail_*), never lane by lane.
  *
  * Two spike modes:
  *   HOLD  (trainers, SPEC section 3): a neuron whose membrane exceeds threshold stops
@@ -41,6 +42,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stddef.h>
+#include <stdlib.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -218,6 +220,8 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
     const T a_vp = gv * aic * (one - a_pp);                                                         \
     const T a_vi = gv * (dt * db_di - aic * a_pi);
 
+#define TAIL_LANES 64 /* a multiple of the widest SIMD loop gcc makes here (64 uint8 lanes, AVX-512) */
+#define TANGENTS 6      /* rows of the tangent buffer (ffi.TANGENTS) */
 #define TANGENT_CHUNK 256 /* neurons per pass of the tangent variant (its scratch: 6 x this) */
 
 #define DEFINE_KERNEL(T, SUFFIX, EXP, LOG, FABS, FMIN, FMAX)                                       \
@@ -324,6 +328,58 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
         }                                                                                           \
     }                                                                                               \
                                                                                                     \
+    /* The block's last (hi - lo) % TAIL_LANES neurons, run as one full SIMD vector on padded     \
+     * copies (pad lanes repeat the last neuron and are discarded): a remainder the compiler     \
+     * would run lane by lane costs ~40 ns per neuron-step, a full vector ~2.5 ns per lane. The  \
+     * neurons are independent, so the result is the block's own, lane for lane. */              \
+    static void tail_##SUFFIX(int64_t lo, int64_t hi, int64_t n, int64_t steps, T dt, T *v, T *p,  \
+                              const T *current, int64_t i_stride, const T *const *coef, int mode,  \
+                              uint8_t *held, uint8_t *fired, T *v_rec, T *p_rec,                  \
+                              int64_t record_every, T *tan) {                                      \
+        enum { L = TAIL_LANES };                                                                    \
+        const int64_t r = hi - lo;                                                                  \
+        const int64_t rows = steps / record_every; /* recorded rows after row 0 */                 \
+        T coef_t[C_COUNT][L], v_t[L], p_t[L], tan_t[TANGENTS * L];                                  \
+        uint8_t held_t[L];                                                                          \
+        const T *coef_p[C_COUNT];                                                                   \
+        T *cur_t = malloc(sizeof(T) * L * (i_stride ? (size_t)steps : 1));                          \
+        uint8_t *fired_t = fired ? malloc((size_t)L * (size_t)steps) : NULL;                        \
+        T *rec_t = v_rec ? malloc(sizeof(T) * 2 * L * (size_t)(rows + 1)) : NULL;                   \
+        if (!cur_t || (fired && !fired_t) || (v_rec && !rec_t)) {                                   \
+            free(cur_t), free(fired_t), free(rec_t);                                                \
+            block_##SUFFIX(lo, hi, n, steps, dt, v, p, current, i_stride, coef, mode, held, fired, \
+                           v_rec, p_rec, record_every, tan); /* unpadded, slower, same result */   \
+            return;                                                                                 \
+        }                                                                                           \
+        for (int64_t j = 0; j < L; ++j) {                                                           \
+            const int64_t i = lo + (j < r ? j : r - 1);                                             \
+            for (int c = 0; c < C_COUNT; ++c) coef_t[c][j] = coef[c][i];                            \
+            v_t[j] = v[i], p_t[j] = p[i];                                                           \
+            held_t[j] = held ? held[i] : 0;                                                         \
+            for (int64_t k = 0; k < (i_stride ? steps : 1); ++k)                                    \
+                cur_t[k * L + j] = current[k * i_stride + i];                                       \
+            if (tan)                                                                                \
+                for (int t = 0; t < TANGENTS; ++t) tan_t[t * L + j] = tan[t * n + i];               \
+        }                                                                                           \
+        for (int c = 0; c < C_COUNT; ++c) coef_p[c] = coef_t[c];                                    \
+        block_##SUFFIX(0, L, L, steps, dt, v_t, p_t, cur_t, i_stride ? L : 0, coef_p, mode,        \
+                       held ? held_t : NULL, fired_t, rec_t, rec_t ? rec_t + L * (rows + 1) : NULL, \
+                       record_every, tan ? tan_t : NULL);                                           \
+        for (int64_t j = 0; j < r; ++j) {                                                           \
+            const int64_t i = lo + j;                                                               \
+            v[i] = v_t[j], p[i] = p_t[j];                                                           \
+            if (held) held[i] = held_t[j];                                                          \
+            if (tan)                                                                                \
+                for (int t = 0; t < TANGENTS; ++t) tan[t * n + i] = tan_t[t * L + j];               \
+            for (int64_t k = 0; fired && k < steps; ++k) fired[k * n + i] = fired_t[k * L + j];     \
+            for (int64_t row = 1; v_rec && row <= rows; ++row) {                                    \
+                v_rec[row * n + i] = rec_t[row * L + j];                                            \
+                p_rec[row * n + i] = rec_t[(rows + 1 + row) * L + j];                               \
+            }                                                                                       \
+        }                                                                                           \
+        free(cur_t), free(fired_t), free(rec_t);                                                    \
+    }                                                                                               \
+                                                                                                    \
     int bruno_felif_run_##SUFFIX(int64_t n, int64_t steps, double dt, T *v, T *p,                  \
                                  const T *current, int64_t i_stride, const T *const *coef,         \
                                  int mode, uint8_t *held, uint8_t *fired, T *v_rec, T *p_rec,      \
@@ -339,8 +395,13 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
         for (int64_t b = 0; b < nblocks; ++b) {                                                     \
             const int64_t lo = b * block;                                                           \
             const int64_t hi = lo + block < n ? lo + block : n;                                     \
-            block_##SUFFIX(lo, hi, n, steps, (T)dt, v, p, current, i_stride, coef, mode, held,     \
-                           fired, v_rec, p_rec, record_every, tangents);                            \
+            const int64_t mid = hi - (hi - lo) % TAIL_LANES;                                        \
+            if (mid > lo)                                                                           \
+                block_##SUFFIX(lo, mid, n, steps, (T)dt, v, p, current, i_stride, coef, mode,      \
+                               held, fired, v_rec, p_rec, record_every, tangents);                  \
+            if (hi > mid)                                                                           \
+                tail_##SUFFIX(mid, hi, n, steps, (T)dt, v, p, current, i_stride, coef, mode, held, \
+                              fired, v_rec, p_rec, record_every, tangents);                         \
         }                                                                                           \
         return 0;                                                                                   \
     }

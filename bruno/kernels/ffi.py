@@ -135,8 +135,10 @@ class NativeKernel:
 
 def _block_size(n: int, threads: int, tangents: bool = False) -> int:
     """Neurons per block. Small layers (< 512 neurons) on several threads: one block per thread
-    (blocks run their whole time loop independently, so the only cost is one fork/join per call:
-    150 neurons measured 1.7e8 -> 2.3e8 neuron-steps/s on 2 threads); below 96 neurons one block.
+    (blocks run their whole time loop independently, so the only cost is one fork/join per call);
+    below 96 neurons one block. A block's remainder past a multiple of the SIMD width runs as one
+    padded vector in the kernel (felif_kernel.c, tail_*): 150 neurons on 2 threads went from
+    2.1e8 to 5.1e8 neuron-steps/s with it, 27 neurons from 2.5e7 to 1.7e8.
     Otherwise ~4 blocks per thread of 256..1024 neurons, handed out dynamically so that a thread
     slowed by another process on a shared machine does not hold the others up.
     The tangent variant streams 6 more arrays per step: its blocks stay cache-sized (<= 1024
