@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bruno.felif import PHI_SERIES, V_CLIP
 from bruno.io import atomic_write_json
-from bruno.kernels.ffi import ABI_VERSION
+from bruno.kernels.ffi import ABI_VERSION, TAIL_LANES, TANGENTS
 
 PACKAGE = Path(__file__).resolve().parent
 SOURCE = PACKAGE / "felif_kernel.c"
@@ -113,9 +113,12 @@ def manifest_path() -> Path:
 
 
 def _definitions() -> tuple[str, ...]:
-    """The constants the C source shares with :mod:`bruno.felif`, as compiler definitions."""
+    """The constants the C source shares with :mod:`bruno.felif` and :mod:`bruno.kernels.ffi`, as
+    compiler definitions."""
     return (
         f"-DBRUNO_ABI_VERSION={ABI_VERSION}",
+        f"-DBRUNO_TAIL_LANES={TAIL_LANES}",
+        f"-DBRUNO_TANGENTS={TANGENTS}",
         f"-DBRUNO_V_CLIP={float(V_CLIP)!r}",
         f"-DBRUNO_PHI_SERIES={float(PHI_SERIES)!r}",
     )

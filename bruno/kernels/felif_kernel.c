@@ -69,8 +69,9 @@ enum {
 
 /* The constants shared with bruno/felif.py come from it: bruno/kernels/build.py passes them as -D flags
  * (and they are part of the build key), so they are never restated here. */
-#if !defined(BRUNO_ABI_VERSION) || !defined(BRUNO_V_CLIP) || !defined(BRUNO_PHI_SERIES)
-#error "build through `python -m bruno.kernels build`: it defines BRUNO_ABI_VERSION, BRUNO_V_CLIP, BRUNO_PHI_SERIES"
+#if !defined(BRUNO_ABI_VERSION) || !defined(BRUNO_V_CLIP) || !defined(BRUNO_PHI_SERIES) || \
+    !defined(BRUNO_TAIL_LANES) || !defined(BRUNO_TANGENTS)
+#error "build through `python -m bruno.kernels build`: it defines the BRUNO_* constants"
 #endif
 #define V_CLIP BRUNO_V_CLIP         /* bruno.felif.V_CLIP */
 #define PHI_SERIES BRUNO_PHI_SERIES /* bruno.felif.PHI_SERIES */
@@ -220,8 +221,8 @@ static inline float bruno_logf(float x) { /* x > 0, normal */
     const T a_vp = gv * aic * (one - a_pp);                                                         \
     const T a_vi = gv * (dt * db_di - aic * a_pi);
 
-#define TAIL_LANES 64 /* a multiple of the widest SIMD loop gcc makes here (64 uint8 lanes, AVX-512) */
-#define TANGENTS 6      /* rows of the tangent buffer (ffi.TANGENTS) */
+#define TAIL_LANES BRUNO_TAIL_LANES /* ffi.TAIL_LANES: a block's remainder runs as one vector of it */
+#define TANGENTS BRUNO_TANGENTS     /* ffi.TANGENTS: rows of the tangent buffer */
 #define TANGENT_CHUNK 256 /* neurons per pass of the tangent variant (its scratch: 6 x this) */
 
 #define DEFINE_KERNEL(T, SUFFIX, EXP, LOG, FABS, FMIN, FMAX)                                       \

@@ -46,6 +46,11 @@ MODE_RESET = 1  # device simulation: reset at the crossing step (bruno.felif.res
 # with respect to (v0, P0, I) at the start, row-major, i.e. a (2, 3, n) Jacobian.
 TANGENTS = 6
 
+# Blocks are cut at multiples of this many neurons and a block's remainder runs as one padded
+# vector of this size (felif_kernel.c, tail_*): the widest SIMD loop gcc makes of the kernel's
+# inner loops (64 uint8 lanes with AVX-512; a multiple of every narrower ISA's width).
+TAIL_LANES = 64
+
 
 @dataclass
 class NativeKernel:
@@ -151,7 +156,7 @@ def _block_size(n: int, threads: int, tangents: bool = False) -> int:
         block = min(n, 1024)
     else:
         block = min(1024, max(256, -(-n // (4 * threads))))
-    return max(16, -(-block // 16) * 16)
+    return -(-block // TAIL_LANES) * TAIL_LANES
 
 
 def open_library(path: Path, variant: str) -> NativeKernel:
