@@ -430,8 +430,9 @@ def test_float32_at_picoamperes_is_at_the_float64_level(kernel):
 def test_padded_block_tails_give_the_reference_numbers(kernel, threads, n):
     """A block whose size is not a multiple of the SIMD width ends in a padded vector
     (felif_kernel.c, tail_*): 27 neurons are all tail, 150 on 2 threads are blocks of 128 and
-    22 (all tail), 301 on 2 threads 192 and 64 + 45. Every neuron, in both spike modes and with tangents, gets the float64
-    torch reference's numbers: the pad lanes neither leak into nor displace real ones."""
+    22 (all tail), 301 on 2 threads 192 and 64 + 45. Every neuron, in both spike modes and with
+    tangents, gets the float64 torch reference's numbers: the pad lanes neither leak into nor
+    displace real ones."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
