@@ -359,6 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.run and len(seeds) > 1:
         print("train: --run names one run; give one --seed with it", file=sys.stderr)
         return 2
+    if args.run and Path(args.run).name != args.run:
+        print(
+            f"train: --run is a directory name under --out ({args.out}), not a path: "
+            f"got {args.run!r}; give --out for another root",
+            file=sys.stderr,
+        )
+        return 2
     try:
         _preflight(config)
     except (cfg.ConfigError, ds.DatasetError, ImportError) as error:

@@ -220,6 +220,15 @@ def test_bad_override_is_rejected(tmp_path, capsys):
     assert "optim.batch_size: Input should be greater than or equal to 1" in err
 
 
+def test_run_name_that_is_a_path_is_rejected(tmp_path, capsys):
+    """`--run results/train/x` would nest under --out (results/train/results/train/x)."""
+    path = _config(tmp_path)
+    out = tmp_path / "out"
+    assert train.main([str(path), "--out", str(out), "--seed", "0", "--run", "a/b"]) == 2
+    assert "--run is a directory name under --out" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_unknown_experiment(capsys):
     assert train.main(["no_such_experiment"]) == 2
     assert "unknown experiment 'no_such_experiment'" in capsys.readouterr().err
