@@ -141,6 +141,12 @@ class FeLIFLayer(SpikingLayer):
     ``fine_backend`` picks the fine path's backend (:data:`bruno.kernels.BACKENDS`): ``"torch"``
     forces the torch loop (bit-identical to ``bptt`` values), ``"native"`` the fused kernel (an
     error where it cannot run), ``"auto"`` the kernel where it applies.
+    ``coarse_steps_per_frame`` S: one input frame lasts S coarse steps of ``coarse_dt`` (the
+    drive held), and the layer's output for the frame is the number of those steps that spiked
+    (0..S). A neuron can fire at most once per coarse step and loses the rest of the step after a
+    crossing (the held semantics); S > 1 brings that closer to a circuit, which resets at the
+    crossing (:mod:`bruno.device`), at S times the coarse steps. The values and gradients equal
+    those of S = 1 on every frame repeated S times (:meth:`coarse_step_spikes`; tested).
     """
 
     recorded = ("v", "polarization")
@@ -160,10 +166,15 @@ class FeLIFLayer(SpikingLayer):
         surrogate_slope: float = FELIF_SLOPE_PER_VOLT,
         fine_backend: str = "auto",
         coarse_gradient: str = "implicit",
+        coarse_steps_per_frame: int = 1,
         grad_window: int | None = None,
         record_state: bool = False,
     ) -> None:
         super().__init__(size, grad_window, record_state)
+        if int(coarse_steps_per_frame) != coarse_steps_per_frame or coarse_steps_per_frame < 1:
+            raise ValueError(
+                f"coarse_steps_per_frame must be a positive integer, got {coarse_steps_per_frame}"
+            )
         if coarse_gradient not in algorithms.COARSE_GRADIENTS:
             raise ValueError(
                 f"coarse_gradient must be one of {algorithms.COARSE_GRADIENTS}, "
@@ -205,6 +216,7 @@ class FeLIFLayer(SpikingLayer):
         self.surrogate_slope = float(surrogate_slope)
         self.fine_backend = fine_backend
         self.coarse_gradient = coarse_gradient
+        self.coarse_steps_per_frame = int(coarse_steps_per_frame)
         self.seed = int(seed)
         self.base_parameters = parameters
         # Per-neuron base values of every field (tensor-valued fields must broadcast to [size]).
@@ -230,8 +242,25 @@ class FeLIFLayer(SpikingLayer):
     def extra_repr(self) -> str:
         return (
             f"size={self.size}, algorithm={self.algorithm!r}, fine_steps={self.fine_steps}, "
-            f"coarse_dt={self.coarse_dt}, variability_sigma={self.variability_sigma}"
+            f"coarse_dt={self.coarse_dt}, coarse_steps_per_frame={self.coarse_steps_per_frame}, "
+            f"variability_sigma={self.variability_sigma}"
         )
+
+    @property
+    def frame_dt(self) -> float:
+        """Duration of one input frame (s): ``coarse_steps_per_frame`` coarse steps."""
+        return self.coarse_dt * self.coarse_steps_per_frame
+
+    def coarse_step_spikes(self, x: torch.Tensor) -> torch.Tensor:
+        """The spikes of every coarse step, ``[T * S, B, N]`` for frames ``x`` ``[T, B, N]``:
+        :meth:`forward` on every frame repeated S times, one coarse step each; ``forward(x)`` is
+        their sum over each frame's S steps (the same computations in the same order)."""
+        steps = self.coarse_steps_per_frame
+        self.coarse_steps_per_frame = 1
+        try:
+            return self.forward(x.repeat_interleave(steps, dim=0))
+        finally:
+            self.coarse_steps_per_frame = steps
 
     def resample_variability(self, seed: int | None = None) -> None:
         """Draw new per-neuron device parameters (seed None: the next seed after the last draw)."""
@@ -302,12 +331,21 @@ class FeLIFLayer(SpikingLayer):
         return p, ctx, algorithms.get(self.algorithm)
 
     def step(self, state: FeLIFState, frame: torch.Tensor, prepared: tuple):
-        """One coarse step by the layer's algorithm; the spike test on its end state; the reset
-        (values detached from the graph) applied at the start of the next coarse step."""
+        """One frame: ``coarse_steps_per_frame`` coarse steps by the layer's algorithm, each with
+        the spike test on its end state and the reset (values detached from the graph) applied
+        at the start of the next; returns the frame's spike count and, as its membrane trace,
+        the end-of-step voltage (before the reset) averaged over the frame's steps."""
         p, ctx, coarse_step = prepared
-        new = coarse_step(state, self.current_scale * frame, p, ctx)
-        s = spike(new.v - p.threshold_voltage, self.surrogate_slope)
-        return s, reset(new, crossed(new.v, p), p), (new.v, new.polarization)
+        current = self.current_scale * frame
+        count, voltages = None, []
+        for _ in range(self.coarse_steps_per_frame):
+            new = coarse_step(state, current, p, ctx)
+            s = spike(new.v - p.threshold_voltage, self.surrogate_slope)
+            count = s if count is None else count + s
+            voltages.append(new.v)
+            state = reset(new, crossed(new.v, p), p)
+        v = voltages[0] if len(voltages) == 1 else torch.stack(voltages).mean(0)
+        return count, state, (v, new.polarization)
 
 
 class LIFLayer(SpikingLayer):

@@ -65,7 +65,7 @@ def neuron_layer(
         return layers.FeLIFLayer(
             size,
             parameters=felif_preset(neuron.preset),
-            coarse_dt=model.coarse_dt,
+            coarse_dt=model.coarse_dt / neuron.coarse_steps_per_frame,
             **options,
             **common,
         )

@@ -121,6 +121,9 @@ def describe(config: AnyExperiment) -> dict:
         if algorithm == "bruno":
             algorithm = f"bruno-{felif.coarse_gradient}"
             shown += f", {felif.coarse_gradient} coarse gradient"
+        if felif.coarse_steps_per_frame > 1:
+            algorithm += f"-s{felif.coarse_steps_per_frame}"
+            shown += f", {felif.coarse_steps_per_frame} coarse steps per frame"
     precision = model.synapse.precision
     sigmas = [n.variability_sigma for n in neurons if n.variability_sigma is not None]
     if config.task == "braille":

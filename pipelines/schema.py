@@ -59,7 +59,14 @@ class FeLIFNeuron(Section):
         "'exact' (the fine path's own Jacobian, = BPTT's gradient)",
     )
     fine_backend: FineBackend = "auto"
-    fine_steps: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    fine_steps: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        1000, description="fine steps per coarse step"
+    )
+    coarse_steps_per_frame: Annotated[int, Field(ge=1, le=1000)] = Field(
+        1,
+        description="coarse steps per frame of coarse_dt (the model's s per frame); the layer "
+        "outputs each frame's spike count: > 1 is closer to a circuit's reset at the crossing",
+    )
     current_scale: Annotated[float, Field(gt=0, le=1)] = Field(1e-9, description="A per unit")
     variability_sigma: Sigma | None = Field(
         0.0, description="device-to-device spread of the preset's fields; null: the preset's"

@@ -550,3 +550,74 @@ def test_layers_run_unchanged_on_cuda():
         assert spikes.device.type == "cuda" and math.isfinite(linear.weight.grad.sum().item())
     rlif = RLIFLayer(N, recurrent_precision="rram").cuda()
     rlif(torch.rand(T, B, N, device="cuda")).sum().backward()
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "coarse_gradient"), [("bruno", "exact"), ("bptt", "implicit")]
+)
+def test_coarse_steps_per_frame_equal_repeated_frames(algorithm, coarse_gradient):
+    """S coarse steps per frame: the frame's output is the number of its steps that spiked, with
+    the values (bit for bit) and upstream gradients (to rounding: the shared drive's gradient is
+    summed in another order) of one coarse step per frame on every frame repeated S times, and
+    each frame's count is the sum of its steps in :meth:`coarse_step_spikes`."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand(T, B, IN, generator=g) < 0.5).double()
+    results = []
+    for steps, frames in ((4, x), (1, x.repeat_interleave(4, dim=0))):
+        linear = SynapticLinear(IN, N, seed=1).double()
+        with torch.no_grad():
+            linear.weight.abs_()
+        layer = FeLIFLayer(
+            N,
+            FeLIFParameters(),
+            algorithm=algorithm,
+            coarse_gradient=coarse_gradient,
+            fine_steps=50,
+            coarse_dt=0.25e-3,
+            coarse_steps_per_frame=steps,
+            current_scale=4e-8,
+            fine_backend="torch",
+        )
+        spikes = layer(linear(frames))
+        counts = spikes.reshape(T, -1, B, N).sum(1)
+        (counts.sum(0) ** 2).sum().backward()
+        results.append((counts.detach(), linear.weight.grad.clone(), layer))
+    (sub, sub_grad, sub_layer), (rep, rep_grad, _) = results
+    assert sub_layer.frame_dt == pytest.approx(1e-3)
+    assert torch.equal(sub, rep)
+    assert sub.max() > 1  # some frame holds two or more spikes
+    torch.testing.assert_close(sub_grad, rep_grad, rtol=1e-12, atol=0)
+    assert sub_grad.abs().sum() > 0
+    with torch.no_grad():
+        linear = SynapticLinear(IN, N, seed=1).double()
+        linear.weight.abs_()
+        drive = linear(x)
+        steps = sub_layer.coarse_step_spikes(drive)
+    assert steps.shape == (4 * T, B, N) and set(steps.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(steps.reshape(T, 4, B, N).sum(1), sub)
+
+
+def test_coarse_steps_per_frame_approach_the_circuit_reset():
+    """The held semantics loses the rest of a coarse step after every spike; shorter coarse steps
+    (more per frame) lose less: the layer's spike count moves toward the circuit's (reset at the
+    crossing fine step, bruno.device.simulate) under the same drive."""
+    from bruno import device
+
+    g = torch.Generator().manual_seed(4)
+    drive = 1.0 + 2.0 * torch.rand(T, 1, N, generator=g, dtype=torch.float64)  # 1..3 nA
+    params = FeLIFParameters()
+    totals = {}
+    for steps in (1, 4):
+        layer = FeLIFLayer(
+            N,
+            params,
+            fine_steps=1000 // steps,
+            coarse_dt=1e-3 / steps,
+            coarse_steps_per_frame=steps,
+        )
+        with torch.no_grad():
+            totals[steps] = float(layer(drive).sum())
+    fine = (1e-9 * drive[:, 0]).repeat_interleave(1000, dim=0)
+    circuit = sum(len(t) for t in device.simulate(fine, params, dt=1e-6).spike_times)
+    assert totals[1] < totals[4] <= circuit
+    assert circuit - totals[4] < 0.5 * (circuit - totals[1])

@@ -257,3 +257,29 @@ def test_a_smaller_k_reuses_what_a_stopped_larger_run_finished():
     b = export.NeuronDeck("* run b, K = 12\n" + body, 1, 1e-3, 1e-6, (2.5,))
     c = export.NeuronDeck("* run a\n" + body.replace("1n", "2n"), 1, 1e-3, 1e-6, (2.5,))
     assert _sample_digest([a]) == _sample_digest([b]) != _sample_digest([c])
+
+
+def test_coarse_steps_per_frame_reach_the_comparison(tmp_path):
+    """A layer with S coarse steps per frame: the deck's drive is per frame (S coarse steps
+    long), the model view's spikes are per coarse step and add up to the trained layer's frame
+    counts, and a software readout sees each frame's count of coarse steps holding a spike."""
+    from pipelines.cosim import compare
+    from pipelines.cosim.network import model_spike_times, reference
+
+    run, config = _run_dir(tmp_path, "braille_felif_s4_rram_v0")
+    model = models.build(config, 0).eval()
+    layer = hardware_layer(model)
+    assert layer.neurons.coarse_steps_per_frame == 4
+    assert layer.neurons.frame_dt == pytest.approx(1e-3)
+    assert layer.neurons.coarse_dt / layer.neurons.fine_steps == pytest.approx(1e-6)  # 1 us
+    inputs = (torch.rand(130, 1, 24, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    ref = reference(model, layer, inputs)
+    steps = ref["coarse_spikes"]
+    assert steps.shape == (4 * 130, 1, 27)
+    assert torch.equal(steps.reshape(130, 4, 1, 27).sum(1), ref["spikes"])
+    times = model_spike_times(steps[:, 0], layer.neurons.coarse_dt)
+    assert sum(map(len, times)) == int(steps.sum())
+    binned = compare._bins([[0.1e-3, 0.3e-3, 0.6e-3, 1.2e-3], [0.95e-3]], 8, 0.25e-3)
+    frames = compare._frames(binned, 4)
+    assert frames.shape == (2, 1, 2)
+    assert frames[:, 0].tolist() == [[3.0, 1.0], [1.0, 0.0]]

@@ -26,6 +26,12 @@ def _bins(spikes: list[list[float]], steps: int, dt: float) -> np.ndarray:
     return out
 
 
+def _frames(binned: np.ndarray, steps_per_frame: int) -> torch.Tensor:
+    """Coarse-step spikes [T * S, N] as the readout's input [T, 1, N]: each frame's count."""
+    counts = binned.reshape(-1, steps_per_frame, binned.shape[1]).sum(1)
+    return torch.from_numpy(counts).float().unsqueeze(1)
+
+
 def _timing(a: list[list[float]], b: list[list[float]]) -> list[float]:
     """|t_a - t_b| of spikes paired in order per neuron (s)."""
     return [abs(x - y) for ta, tb in zip(a, b, strict=True) for x, y in zip(ta, tb, strict=False)]
@@ -46,7 +52,7 @@ def compare_sample(
         readout = layer.readout
         noise, readout.read_noise = readout.read_noise, False  # the same deterministic readout
         for name, spikes in views.items():
-            binned = torch.from_numpy(_bins(spikes, steps, dt)).float().unsqueeze(1)
+            binned = _frames(_bins(spikes, steps, dt), layer.neurons.coarse_steps_per_frame)
             try:
                 with torch.no_grad():
                     logits = readout(binned)

@@ -119,16 +119,22 @@ def reference(model: torch.nn.Module, layer: HardwareLayer, inputs: torch.Tensor
     try:
         with torch.no_grad():
             logits, _ = model(inputs)
+            # the spikes of every coarse step (a frame's count is their sum over its steps)
+            steps = layer.neurons.coarse_step_spikes(captured["drive"])
     finally:
         torch.set_num_threads(threads)
         layer.synapses.read_noise = read_noise
         for hook in hooks:
             hook.remove()
+    frames = steps.reshape(-1, layer.neurons.coarse_steps_per_frame, *steps.shape[1:]).sum(1)
+    if not torch.equal(frames, captured["spikes"]):
+        raise CosimError("the layer's coarse-step spikes do not add up to its frame counts")
     return {
         "logits": logits,
         "presynaptic": captured["presynaptic"],  # [T, B, M] spikes (0/1)
         "drive_A": captured["drive"].double() * layer.neurons.current_scale,  # [T, B, N]
-        "spikes": captured["spikes"],  # [T, B, N]
+        "spikes": captured["spikes"],  # [T, B, N] spike counts per frame
+        "coarse_spikes": steps,  # [T * S, B, N] spikes (0/1) per coarse step
     }
 
 
@@ -180,13 +186,15 @@ def _compact(drive_A: np.ndarray, layer: HardwareLayer, neurons_used, record_eve
     neurons = layer.neurons
     p = neurons.neuron_parameters(torch.float64)
     p = FeLIFParameters(**{f: getattr(p, f)[neurons_used] for f in p.field_names()})
-    fine = torch.from_numpy(np.repeat(drive_A, neurons.fine_steps, axis=0)).double()
+    per_frame = neurons.fine_steps * neurons.coarse_steps_per_frame
+    fine = torch.from_numpy(np.repeat(drive_A, per_frame, axis=0)).double()
     dt = neurons.coarse_dt / neurons.fine_steps
     return device.simulate(fine, p, dt=dt, record_every=record_every or fine.shape[0])
 
 
 def compact_spikes(drive_A: np.ndarray, layer: HardwareLayer) -> list[list[float]]:
-    """The compact model's spike times under ``drive_A`` [T, N] with reset at the crossing."""
+    """The compact model's spike times under ``drive_A`` [T, N] (one row per frame) with reset
+    at the crossing."""
     trace = _compact(drive_A, layer, slice(None), None)
     return [list(t) for t in trace.spike_times]
 
@@ -200,7 +208,8 @@ def compact_membrane(
 
 
 def model_spike_times(spikes: torch.Tensor, dt: float) -> list[list[float]]:
-    """The trained layer's spikes [T, N] as times: the end of the coarse step that fired."""
+    """The trained layer's coarse-step spikes [T * S, N] as times: the end of the coarse step
+    (``dt``) that fired."""
     return [
         [(k + 1) * dt for k in torch.nonzero(spikes[:, j]).flatten().tolist()]
         for j in range(spikes.shape[1])
