@@ -40,6 +40,8 @@ reset (the layer does those, identically for all algorithms):
                 coarse).
 
 Inside a coarse step a neuron that crosses threshold holds its state (bruno.felif.hold_step).
+:func:`circuit_step` is the layers' other spike rule (``spike_rule="reset"``): the values of a
+circuit that resets at the crossing fine step, with the gradient of the algorithm's held step.
 The coarse step uses bruno/felif.py's functions only (the equations live there), clamps included
 for ``"euler"``; on the stiff switching law coarse values can be far from the fine ones, which is
 why only its gradient is used. The ``coarse`` algorithm is that step in values and gradients.
@@ -49,11 +51,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from bruno import kernels
+from bruno import device, kernels
 from bruno.felif import FeLIFParameters, FeLIFState, derivatives, euler_step, hold_step
 
 
@@ -301,3 +304,61 @@ def get(name: str) -> StepFunction:
 
 def names() -> tuple[str, ...]:
     return tuple(ALGORITHMS)
+
+
+class CircuitStep(NamedTuple):
+    """One coarse step under the circuit's spike rule (:func:`circuit_step`)."""
+
+    state: FeLIFState  # the end state, after the resets at crossings
+    count: torch.Tensor  # crossings in the step (no gradient)
+    spike_voltage: torch.Tensor  # the surrogate's argument: end v, or V_thr for a neuron that fired
+
+
+def circuit_step(
+    algorithm: str,
+    state: FeLIFState,
+    current: torch.Tensor,
+    p: FeLIFParameters,
+    ctx: CoarseStepContext,
+) -> CircuitStep:
+    """One coarse step as a circuit runs it, reset at every fine step that crosses threshold
+    (:func:`bruno.device.integrate_circuit`: a neuron can fire several times per step and keeps
+    integrating after a reset), trained with the gradient of ``algorithm``'s held step.
+
+    Values: the circuit's end state and crossing count. Gradients: those of the held step
+    (``ALGORITHMS[algorithm]``; for ``bruno`` with a coarse step, that step alone, so no held
+    fine path runs): a neuron that did not fire has the held step's end state, the same value
+    and gradient; one that fired has, as in the held rule, no gradient through its state after
+    the reset, and its count the surrogate's gradient at the threshold through the held step's
+    membrane (the held rule evaluates it at the crossing value, ~mV above). Hence the identities
+    of the held rule hold here too (``bptt`` = ``checkpoint``; ``bruno`` ``"euler"`` at one fine
+    step = ``bptt``; ``"exact"`` = ``bptt``); ``coarse`` has no fine path and is refused.
+    """
+    if algorithm == "coarse":
+        raise ValueError(
+            "spike_rule 'reset' resets at the crossing fine step; algorithm 'coarse' has no fine "
+            "steps (use bruno, bptt or checkpoint)"
+        )
+    # bptt and checkpoint take their values from the torch loop, as under the held rule
+    backend = ctx.fine_backend if algorithm == "bruno" else "torch"
+    values, count = device.integrate_circuit(
+        state, current, p, ctx.fine_dt, ctx.fine_steps, backend=backend,
+        coefficients=ctx.coefficients,
+    )  # fmt: skip
+    fired = count > 0
+    threshold = torch.as_tensor(p.threshold_voltage, dtype=values.v.dtype, device=values.v.device)
+    spike_voltage = torch.where(fired, threshold, values.v)
+    if not _needs_grad(state.v, state.polarization, current):
+        return CircuitStep(values, count, spike_voltage)
+    if algorithm == "bruno" and ctx.coarse_gradient in COARSE_STEPS:
+        held = COARSE_STEPS[ctx.coarse_gradient](state, current, p, ctx.coarse_dt)
+    else:
+        held = get(algorithm)(state, current, p, ctx)
+    grad_v = held.v - held.v.detach()
+    grad_p = held.polarization - held.polarization.detach()
+    zero = torch.zeros((), dtype=grad_v.dtype, device=grad_v.device)
+    end = FeLIFState(
+        values.v + torch.where(fired, zero, grad_v),
+        values.polarization + torch.where(fired, zero, grad_p),
+    )
+    return CircuitStep(end, count, spike_voltage + grad_v)

@@ -1,5 +1,6 @@
 """Device-level simulation of FeLIF neurons, as a circuit runs them: reset at the fine step that
-crosses threshold (calibration, validation and ``python -m bruno simulate`` use it). The trainers'
+crosses threshold (calibration, validation and ``python -m bruno simulate`` use it; the trainers'
+``spike_rule="reset"`` takes its values from :func:`integrate_circuit`). The trainers' default
 view (hold until the next coarse step) is :mod:`bruno.kernels` and :mod:`bruno.algorithms`.
 """
 
@@ -142,3 +143,56 @@ def _simulate_native(
         polarization=p_rec.reshape(samples, *shape),
         spike_times=spikes,
     )
+
+
+def integrate_circuit(
+    state: FeLIFState,
+    current: torch.Tensor,
+    p: FeLIFParameters,
+    dt: float,
+    steps: int,
+    *,
+    backend: str = "auto",
+    coefficients: torch.Tensor | None = None,
+) -> tuple[FeLIFState, torch.Tensor]:
+    """``steps`` fine steps of ``dt`` (s) under a held ``current`` (A), reset at every crossing
+    as :func:`simulate` does; returns the end state and the number of crossings per neuron (in
+    the state's dtype). No autograd: the values of the trainers' ``spike_rule="reset"``.
+
+    Backends as :func:`bruno.kernels.integrate`: the fused kernel in RESET mode (CPU) or the
+    loop of :func:`bruno.felif.euler_step` and :func:`bruno.felif.reset`; they agree to float
+    rounding. The Triton kernel has no RESET mode: asked for by name it raises, ``"auto"`` on
+    CUDA takes the loop.
+    """
+    if kernels.check_backend(backend) == "triton":
+        raise kernels.BackendUnavailable(
+            "the Triton fine path has no reset-at-crossing mode; use backend='torch' or 'auto'"
+        )
+    v0, pol0 = state.v.detach(), state.polarization.detach()
+    shape, dtype = v0.shape, v0.dtype
+    current = torch.broadcast_to(current.detach().to(dtype), shape)
+    kernel = kernels.select(backend, v0) if v0.device.type == "cpu" else None
+    if kernel is None and kernels.check_backend(backend) == "native":
+        raise kernels.BackendUnavailable("the native kernel runs CPU tensors only")
+    if kernel is not None:
+        n = v0.numel()
+        v = v0.contiguous().clone().reshape(-1)
+        pol = pol0.contiguous().clone().reshape(-1)
+        fired = torch.zeros((int(steps), n), dtype=torch.uint8)
+        if coefficients is None:
+            coefficients = ffi.pack_coefficients(p, shape, dtype)
+        drive = current.contiguous().reshape(-1)
+        kernel.run(v, pol, drive, False, coefficients, float(dt), int(steps), ffi.MODE_RESET,
+                   fired=fired)  # fmt: skip
+        count = fired.sum(0, dtype=torch.int32).to(dtype).reshape(shape)
+        return FeLIFState(v.reshape(shape), pol.reshape(shape)), count
+    with torch.no_grad():
+        p = p.to(dtype=dtype)
+        new = FeLIFState(v0, pol0)
+        count = torch.zeros_like(v0)
+        for _ in range(int(steps)):
+            new = euler_step(new, current, p, dt)
+            fired = crossed(new.v, p)
+            count = count + fired.to(dtype)
+            new = reset(new, fired, p)
+    return new, count

@@ -45,6 +45,11 @@ def _check_drive(x: torch.Tensor, size: int, reference: torch.Tensor, name: str)
         raise ValueError(f"{name}: input contains NaN or Inf")
 
 
+#: FeLIF spike rules: "hold" (the paper's: a neuron that crossed holds until the next coarse step)
+#: or "reset" (the circuit's: reset at the crossing fine step).
+SPIKE_RULES = ("hold", "reset")
+
+
 def _draw_factors(count: int, size: int, sigma: float, seed: int) -> torch.Tensor:
     """Per-neuron factors 1 + sigma N(0,1), floored at 0.05 (never reached for sigma ~ 0.1)."""
     generator = torch.Generator().manual_seed(int(seed))
@@ -147,6 +152,11 @@ class FeLIFLayer(SpikingLayer):
     crossing (the held semantics); S > 1 brings that closer to a circuit, which resets at the
     crossing (:mod:`bruno.device`), at S times the coarse steps. The values and gradients equal
     those of S = 1 on every frame repeated S times (:meth:`coarse_step_spikes`; tested).
+    ``spike_rule`` (:data:`SPIKE_RULES`): ``"hold"`` (default, the paper's, above) or
+    ``"reset"``, the circuit's: the fine path resets at the crossing fine step and integrates on,
+    so a coarse step's output is its number of crossings (any integer) and its values are those
+    :mod:`bruno.device` and ngspice give; the gradient is the held step's
+    (:func:`bruno.algorithms.circuit_step`).
     """
 
     recorded = ("v", "polarization")
@@ -167,10 +177,18 @@ class FeLIFLayer(SpikingLayer):
         fine_backend: str = "auto",
         coarse_gradient: str = "implicit",
         coarse_steps_per_frame: int = 1,
+        spike_rule: str = "hold",
         grad_window: int | None = None,
         record_state: bool = False,
     ) -> None:
         super().__init__(size, grad_window, record_state)
+        if spike_rule not in SPIKE_RULES:
+            raise ValueError(f"spike_rule must be one of {SPIKE_RULES}, got {spike_rule!r}")
+        if spike_rule == "reset" and algorithm == "coarse":
+            raise ValueError(
+                "spike_rule 'reset' resets at the crossing fine step; algorithm 'coarse' has no "
+                "fine steps (use bruno, bptt or checkpoint)"
+            )
         if int(coarse_steps_per_frame) != coarse_steps_per_frame or coarse_steps_per_frame < 1:
             raise ValueError(
                 f"coarse_steps_per_frame must be a positive integer, got {coarse_steps_per_frame}"
@@ -217,6 +235,7 @@ class FeLIFLayer(SpikingLayer):
         self.fine_backend = fine_backend
         self.coarse_gradient = coarse_gradient
         self.coarse_steps_per_frame = int(coarse_steps_per_frame)
+        self.spike_rule = spike_rule
         self.seed = int(seed)
         self.base_parameters = parameters
         # Per-neuron base values of every field (tensor-valued fields must broadcast to [size]).
@@ -243,7 +262,7 @@ class FeLIFLayer(SpikingLayer):
         return (
             f"size={self.size}, algorithm={self.algorithm!r}, fine_steps={self.fine_steps}, "
             f"coarse_dt={self.coarse_dt}, coarse_steps_per_frame={self.coarse_steps_per_frame}, "
-            f"variability_sigma={self.variability_sigma}"
+            f"spike_rule={self.spike_rule!r}, variability_sigma={self.variability_sigma}"
         )
 
     @property
@@ -333,17 +352,25 @@ class FeLIFLayer(SpikingLayer):
     def step(self, state: FeLIFState, frame: torch.Tensor, prepared: tuple):
         """One frame: ``coarse_steps_per_frame`` coarse steps by the layer's algorithm, each with
         the spike test on its end state and the reset (values detached from the graph) applied
-        at the start of the next; returns the frame's spike count and, as its membrane trace,
-        the end-of-step voltage (before the reset) averaged over the frame's steps."""
+        at the start of the next (``spike_rule="reset"``: at the crossing fine steps inside it);
+        returns the frame's spike count and, as its membrane trace, the end-of-step voltage
+        (before the reset; reset rule: V_thr for a step that fired) averaged over the steps."""
         p, ctx, coarse_step = prepared
         current = self.current_scale * frame
         count, voltages = None, []
         for _ in range(self.coarse_steps_per_frame):
-            new = coarse_step(state, current, p, ctx)
-            s = spike(new.v - p.threshold_voltage, self.surrogate_slope)
+            if self.spike_rule == "reset":
+                circuit = algorithms.circuit_step(self.algorithm, state, current, p, ctx)
+                s = spike(circuit.spike_voltage - p.threshold_voltage, self.surrogate_slope)
+                s = circuit.count + (s - s.detach())  # the crossings, the surrogate's gradient
+                new = state = circuit.state
+                voltages.append(circuit.spike_voltage)
+            else:
+                new = coarse_step(state, current, p, ctx)
+                s = spike(new.v - p.threshold_voltage, self.surrogate_slope)
+                voltages.append(new.v)
+                state = reset(new, crossed(new.v, p), p)
             count = s if count is None else count + s
-            voltages.append(new.v)
-            state = reset(new, crossed(new.v, p), p)
         v = voltages[0] if len(voltages) == 1 else torch.stack(voltages).mean(0)
         return count, state, (v, new.polarization)
 

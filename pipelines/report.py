@@ -124,6 +124,9 @@ def describe(config: AnyExperiment) -> dict:
         if felif.coarse_steps_per_frame > 1:
             algorithm += f"-s{felif.coarse_steps_per_frame}"
             shown += f", {felif.coarse_steps_per_frame} coarse steps per frame"
+        if felif.spike_rule == "reset":
+            algorithm += "-reset"
+            shown += ", reset at the crossing"
     precision = model.synapse.precision
     sigmas = [n.variability_sigma for n in neurons if n.variability_sigma is not None]
     if config.task == "braille":

@@ -25,13 +25,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bruno import algorithms, kernels
+from bruno import algorithms, kernels, layers
 from bruno.synapses import PRECISIONS
 
 # Literal[...] of a runtime tuple: the enumerations are bruno's, not restated here.
 Algorithm = Literal[algorithms.names()]  # type: ignore[valid-type]
 CoarseGradient = Literal[algorithms.COARSE_GRADIENTS]  # type: ignore[valid-type]
 FineBackend = Literal[kernels.BACKENDS]  # type: ignore[valid-type]
+SpikeRule = Literal[layers.SPIKE_RULES]  # type: ignore[valid-type]
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 Optimiser = Literal["adamax", "adam", "sgd"]
 
@@ -66,6 +67,12 @@ class FeLIFNeuron(Section):
         1,
         description="coarse steps per frame of coarse_dt (the model's s per frame); the layer "
         "outputs each frame's spike count: > 1 is closer to a circuit's reset at the crossing",
+    )
+    spike_rule: SpikeRule = Field(
+        "hold",
+        description="'hold' (the paper's: a neuron that crossed holds until the next coarse "
+        "step) or 'reset' (the circuit's: reset at the crossing fine step, several spikes per "
+        "step; the held step's gradient)",
     )
     current_scale: Annotated[float, Field(gt=0, le=1)] = Field(1e-9, description="A per unit")
     variability_sigma: Sigma | None = Field(

@@ -621,3 +621,90 @@ def test_coarse_steps_per_frame_approach_the_circuit_reset():
     circuit = sum(len(t) for t in device.simulate(fine, params, dt=1e-6).spike_times)
     assert totals[1] < totals[4] <= circuit
     assert circuit - totals[4] < 0.5 * (circuit - totals[1])
+
+
+# ---- spike_rule="reset": the circuit's values, the held step's gradient -----------------------
+
+
+def test_reset_rule_values_are_the_circuit():
+    """Under ``spike_rule="reset"`` a layer's per-coarse-step counts and membrane are the device
+    simulation's (reset at the crossing fine step, bruno.device.simulate) under the same drive;
+    several crossings per coarse step occur, and the native and torch fine paths agree."""
+    from bruno import device
+
+    g = torch.Generator().manual_seed(6)
+    drive = 20.0 + 40.0 * torch.rand(T, 1, N, generator=g, dtype=torch.float64)  # 20..60 nA
+    params = FeLIFParameters()
+    outputs = {}
+    for backend in ("torch", "native"):
+        layer = FeLIFLayer(N, params, fine_steps=200, spike_rule="reset", fine_backend=backend)
+        with torch.no_grad():
+            outputs[backend] = layer(drive, return_state=True)
+    (counts, end), (native_counts, native_end) = outputs["torch"], outputs["native"]
+    fine = (1e-9 * drive[:, 0]).repeat_interleave(200, dim=0)
+    circuit = device.simulate(fine, params, dt=1e-3 / 200, backend="torch")
+    expected = torch.zeros(T, N, dtype=torch.float64)
+    for j, times in enumerate(circuit.spike_times):
+        for t in times:
+            expected[min(int(t / 1e-3 - 1e-9), T - 1), j] += 1
+    assert torch.equal(counts[:, 0], expected)
+    assert counts.max() >= 2  # several crossings in one coarse step
+    # per-neuron tensor parameters vs Python floats: the same equations, rounded differently
+    torch.testing.assert_close(end.v[0], circuit.v[-1], rtol=0, atol=1e-12)
+    torch.testing.assert_close(end.polarization[0], circuit.polarization[-1], rtol=1e-12, atol=0)
+    assert torch.equal(native_counts, counts)
+    torch.testing.assert_close(native_end.v, end.v, rtol=0, atol=1e-9)
+
+
+def test_reset_rule_identities():
+    """The held rule's identities hold under the reset rule: forward values equal across
+    algorithms; checkpoint gradients = BPTT's; BRUNO with one fine step and the Euler coarse
+    gradient = BPTT's; BRUNO's exact coarse gradient = BPTT's."""
+    bptt = _run("bptt", spike_rule="reset")
+    for other in (
+        _run("checkpoint", spike_rule="reset"),
+        _run("bruno", spike_rule="reset", fine_backend="torch"),
+    ):
+        assert all(torch.equal(a, b) for a, b in zip(bptt[:3], other[:3], strict=True))
+    assert torch.equal(_run("checkpoint", spike_rule="reset")[3], bptt[3])
+    one = _run("bptt", fine_steps=1, spike_rule="reset")
+    bruno = _run(
+        "bruno", fine_steps=1, coarse_gradient="euler", fine_backend="torch", spike_rule="reset"
+    )
+    assert torch.equal(bruno[0], one[0]) and one[0].sum() > 0
+    torch.testing.assert_close(bruno[3], one[3], rtol=1e-12, atol=0)
+    exact = _run("bruno", spike_rule="reset", coarse_gradient="exact", fine_backend="torch")
+    torch.testing.assert_close(exact[3], bptt[3], rtol=1e-10, atol=1e-14)
+    assert bptt[3].abs().sum() > 0 and torch.isfinite(_run("bruno", spike_rule="reset")[3]).all()
+
+
+def test_reset_rule_differs_from_hold_only_after_a_crossing():
+    """Below threshold the two rules are one computation (values and gradients bit for bit);
+    above it the circuit fires at least as often as the held rule allows."""
+    g = torch.Generator().manual_seed(7)
+    x = 0.05 * torch.rand(T, B, N, generator=g, dtype=torch.float64)  # 50 pA: never fires
+    results = {}
+    for rule in ("hold", "reset"):
+        layer = FeLIFLayer(N, FeLIFParameters(), fine_steps=100, spike_rule=rule)
+        xx = x.clone().requires_grad_(True)
+        spikes, v = layer(xx, return_voltage=True)
+        (v**2).sum().backward()
+        results[rule] = (spikes.detach(), v.detach(), xx.grad)
+    assert results["hold"][0].sum() == 0
+    assert all(torch.equal(a, b) for a, b in zip(results["hold"], results["reset"], strict=True))
+    hold, reset = _run("bruno"), _run("bruno", spike_rule="reset")
+    assert reset[0].sum() > hold[0].sum()
+
+
+def test_reset_rule_errors():
+    with pytest.raises(ValueError, match="spike_rule must be one of"):
+        FeLIFLayer(N, spike_rule="soft")
+    with pytest.raises(ValueError, match="no fine steps"):
+        FeLIFLayer(N, algorithm="coarse", spike_rule="reset")
+    from bruno import device, kernels
+
+    state = felif.initial_state((2,), FeLIFParameters(), dtype=torch.float64)
+    with pytest.raises(kernels.BackendUnavailable, match="no reset-at-crossing mode"):
+        device.integrate_circuit(
+            state, torch.ones(2), FeLIFParameters(), 1e-6, 10, backend="triton"
+        )

@@ -283,3 +283,7 @@ def test_coarse_steps_per_frame_reach_the_comparison(tmp_path):
     frames = compare._frames(binned, 4)
     assert frames.shape == (2, 1, 2)
     assert frames[:, 0].tolist() == [[3.0, 1.0], [1.0, 0.0]]
+    # spike_rule="reset": a coarse step can hold several spikes, and every one counts
+    every = compare._bins([[0.1e-3, 0.2e-3, 0.6e-3]], 4, 0.25e-3, count_every_spike=True)
+    assert every[:, 0].tolist() == [2.0, 0.0, 1.0, 0.0]
+    assert model_spike_times(torch.tensor([[0.0], [2.0], [1.0]]), 1e-3) == [[2e-3, 2e-3, 3e-3]]

@@ -196,3 +196,20 @@ def test_runs_with_overrides_are_not_pooled_with_the_plain_ones(tmp_path):
         ("felif_again", 1),
         ("felif_exact", 1),
     ]
+
+
+def test_spike_rule_and_coarse_steps_are_named_in_the_algorithm():
+    """A table row says how a FeLIF layer ran: coarse steps per frame and the circuit's reset."""
+    named = {
+        name: report.describe(cfg.load(name))["algorithm"]
+        for name in (
+            "braille_felif_rram_v0",
+            "braille_felif_s4_rram_v0",
+            "braille_felif_reset_rram_v0",
+        )
+    }
+    assert named == {
+        "braille_felif_rram_v0": "bruno-exact",
+        "braille_felif_s4_rram_v0": "bruno-exact-s4",
+        "braille_felif_reset_rram_v0": "bruno-exact-reset",
+    }

@@ -93,7 +93,7 @@ def test_selection_is_checked_and_ordered_slowest_first(capsys):
     assert sweep.main(["no_such_group"]) == 2
     assert "groups:" in capsys.readouterr().err
     jobs = sweep.plan(["braille"], [], None)
-    assert len(jobs) == 63  # the 20-experiment grid x 3 seeds, and the GRU reference x 3
+    assert len(jobs) == 75  # the 24-experiment grid x 3 seeds, and the GRU reference x 3
     assert sum(job.experiment == "braille_gru" for job in jobs) == 3
     kinds = ["felif" if "felif" in job.run else "other" for job in jobs]
     assert kinds == sorted(kinds)  # every FeLIF-output run before any LIF/RLIF one

@@ -89,7 +89,8 @@ def test_shipped_configs_are_valid():
 def test_families_expand_to_named_experiments(tmp_path):
     names = cfg.list_experiments()
     braille = [n for n in names if n.startswith(("braille_felif", "braille_lif", "braille_rlif"))]
-    assert len(braille) == 20 and "braille_rlif_rram_v10" in braille
+    assert len(braille) == 24 and "braille_rlif_rram_v10" in braille
+    assert cfg.load("braille_felif_reset_rram_v0").model.output.neuron.spike_rule == "reset"
     s4 = cfg.load("braille_felif_s4_rram_v0").model.output.neuron
     assert (s4.coarse_steps_per_frame, s4.fine_steps) == (4, 250)  # 1 us fine steps
     assert {f"jsb_alg_{m}" for m in ("bptt", "checkpoint", "bruno", "coarse")} <= set(names)

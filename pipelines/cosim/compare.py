@@ -15,14 +15,18 @@ def _counts(spikes: list[list[float]]) -> list[int]:
     return [len(s) for s in spikes]
 
 
-def _bins(spikes: list[list[float]], steps: int, dt: float) -> np.ndarray:
+def _bins(
+    spikes: list[list[float]], steps: int, dt: float, count_every_spike: bool = False
+) -> np.ndarray:
     """Spike trains as the readout sees them: 1 in every coarse step holding a spike (a crossing
     at t in (k dt, (k + 1) dt] belongs to step k, as the trained layer's spike test at the step's
-    end does)."""
+    end does), or, with ``count_every_spike`` (a layer with ``spike_rule="reset"``), the number of
+    spikes in the step."""
     out = np.zeros((steps, len(spikes)))
     for j, times in enumerate(spikes):
         for t in times:
-            out[min(max(math.ceil(t / dt - 1e-6) - 1, 0), steps - 1), j] = 1.0
+            k = min(max(math.ceil(t / dt - 1e-6) - 1, 0), steps - 1)
+            out[k, j] = out[k, j] + 1.0 if count_every_spike else 1.0
     return out
 
 
@@ -52,7 +56,8 @@ def compare_sample(
         readout = layer.readout
         noise, readout.read_noise = readout.read_noise, False  # the same deterministic readout
         for name, spikes in views.items():
-            binned = _frames(_bins(spikes, steps, dt), layer.neurons.coarse_steps_per_frame)
+            every = layer.neurons.spike_rule == "reset"
+            binned = _frames(_bins(spikes, steps, dt, every), layer.neurons.coarse_steps_per_frame)
             try:
                 with torch.no_grad():
                     logits = readout(binned)

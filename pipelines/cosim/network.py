@@ -134,7 +134,7 @@ def reference(model: torch.nn.Module, layer: HardwareLayer, inputs: torch.Tensor
         "presynaptic": captured["presynaptic"],  # [T, B, M] spikes (0/1)
         "drive_A": captured["drive"].double() * layer.neurons.current_scale,  # [T, B, N]
         "spikes": captured["spikes"],  # [T, B, N] spike counts per frame
-        "coarse_spikes": steps,  # [T * S, B, N] spikes (0/1) per coarse step
+        "coarse_spikes": steps,  # [T * S, B, N] spikes per coarse step (0/1 under the held rule)
     }
 
 
@@ -208,9 +208,10 @@ def compact_membrane(
 
 
 def model_spike_times(spikes: torch.Tensor, dt: float) -> list[list[float]]:
-    """The trained layer's coarse-step spikes [T * S, N] as times: the end of the coarse step
-    (``dt``) that fired."""
+    """The trained layer's coarse-step spike counts [T * S, N] as times: the end of the coarse
+    step (``dt``) that fired, once per spike (a reset-rule step can hold several)."""
     return [
-        [(k + 1) * dt for k in torch.nonzero(spikes[:, j]).flatten().tolist()]
+        [(k + 1) * dt for k in torch.nonzero(spikes[:, j]).flatten().tolist()
+         for _ in range(int(spikes[k, j]))]
         for j in range(spikes.shape[1])
-    ]
+    ]  # fmt: skip
