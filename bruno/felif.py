@@ -229,7 +229,9 @@ def euler_step(
 # Spike rules (SPEC §3), the one definition the trainers, the device simulation and the kernel's
 # reference use. A neuron spikes when its membrane exceeds V_thr. Trainers *hold* a neuron that
 # crossed for the rest of the coarse step (hold_step) and reset it at the next coarse step
-# (reset); a circuit (bruno.device.simulate) resets it at the fine step that crossed.
+# (reset); a circuit (bruno.device.simulate) resets it at the fine step that crossed, and so do
+# trainers given spike_rule="reset" (bruno.algorithms.circuit_step: those values, the held step's
+# gradient).
 # ---------------------------------------------------------------------------------------------
 
 
