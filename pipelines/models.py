@@ -104,6 +104,7 @@ class JSBSpiking(nn.Module):
         if self.synapses_out.bias is not None:
             with torch.no_grad():
                 self.synapses_out.bias.fill_(JSB_OUTPUT_BIAS)
+        self.readout_dropout = nn.Dropout(model.readout_dropout)
         self.synapses_voltage = None
         if model.voltage_readout:
             from bruno.felif import V_CLIP
@@ -119,9 +120,10 @@ class JSBSpiking(nn.Module):
         drive = self.input_gain * self.synapses_in(notes)
         if self.synapses_voltage is None:
             spikes = self.neurons(drive)
-            return self.synapses_out(spikes), {"spikes": spikes}
+            return self.synapses_out(self.readout_dropout(spikes)), {"spikes": spikes}
         spikes, voltage = self.neurons(drive, return_voltage=True)
-        logits = self.synapses_out(spikes) + self.synapses_voltage(voltage / self.voltage_unit)
+        voltage = self.readout_dropout(voltage / self.voltage_unit)
+        logits = self.synapses_out(self.readout_dropout(spikes)) + self.synapses_voltage(voltage)
         return logits, {"spikes": spikes}
 
 

@@ -169,6 +169,12 @@ class JSBSpikingModel(SpikingModel):
         "voltages at the end of every frame, in units of the membrane's range (FeLIF: v / 5 V, "
         "the clip; LIF: v / threshold), added to the spike readout's logits",
     )
+    readout_dropout: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0,
+        description="training only: drop each hidden spike and voltage the readout reads with "
+        "this probability (inverted dropout, a regulariser of the software readout; the hidden "
+        "layer and its devices are untouched)",
+    )
 
 
 class BrailleSpikingModel(SpikingModel):

@@ -261,6 +261,7 @@ def _finish(files, config, seed, model, task, state: Progress, stopped, baseline
         "device": str(dist.device),
         "stopped_early": stopped,
         "presets": models.presets_used(config),
+        "host": host(),
         **final,
     }
     if dist.device.type == "cuda":
@@ -271,6 +272,30 @@ def _finish(files, config, seed, model, task, state: Progress, stopped, baseline
         print(f"train: {files.root} done: " + _headline(metrics))
     dist.barrier()
     return metrics
+
+
+def host() -> dict:
+    """What the run's floating point depends on besides its config and seed: a rerun on another
+    CPU (another vector unit: torch picks its kernels by it) or torch build may round
+    differently, and spiking thresholds turn those last bits into another training run."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [
+            ln
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        cpu = names[0].split(":", 1)[1].strip() if names else cpu
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _gather_rng(dist: Dist) -> list:

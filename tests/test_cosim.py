@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,3 +288,26 @@ def test_coarse_steps_per_frame_reach_the_comparison(tmp_path):
     every = compare._bins([[0.1e-3, 0.2e-3, 0.6e-3]], 4, 0.25e-3, count_every_spike=True)
     assert every[:, 0].tolist() == [2.0, 0.0, 1.0, 0.0]
     assert model_spike_times(torch.tensor([[0.0], [2.0], [1.0]]), 1e-3) == [[2e-3, 2e-3, 3e-3]]
+
+
+COMMITTED = (
+    Path(__file__).resolve().parents[1] / "docs/results/cosim/braille_felif_reset_rram_v0_s0"
+)
+
+
+def test_the_committed_comparison_is_of_the_committed_weights(braille_data):
+    """``docs/results/cosim/<run>/run/`` holds the trained run the committed comparison used (so a
+    reader can rerun it): it loads, and on the first compared test samples the network's own
+    forward pass fires the output spike counts the comparison recorded for the model."""
+    from pipelines.tasks import make_task
+
+    config, model, _ = load_run(COMMITTED / "run")
+    summary = json.loads((COMMITTED / "cosim.json").read_text())
+    assert summary["experiment"] == config.name and summary["split"] == "test"
+    task = make_task(config)
+    for sample in summary["samples"][:2]:
+        inputs, _, _ = task.batch("test", [sample["index"]], torch.device("cpu"))
+        with torch.no_grad():
+            _, aux = model(inputs)
+        counts = aux["output_spikes"][:, 0].sum(0)
+        assert counts.round().int().tolist() == sample["counts"]["model"], sample["index"]

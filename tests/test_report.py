@@ -213,3 +213,68 @@ def test_spike_rule_and_coarse_steps_are_named_in_the_algorithm():
         "braille_felif_s4_rram_v0": "bruno-exact-s4",
         "braille_felif_reset_rram_v0": "bruno-exact-reset",
     }
+
+
+def test_runs_are_archived_and_the_tables_rebuild_without_the_training_directory(tmp_path):
+    train_dir, out = tmp_path / "train", tmp_path / "report"
+    for seed, accuracy in ((0, 0.6), (1, 0.7)):
+        _run(train_dir, "braille_felif", seed, "braille", "braille", {"test_accuracy": accuracy})
+    (train_dir / "braille_felif_s0" / "best.pt").write_bytes(b"checkpoint")
+    assert report.main(["--train-dir", str(train_dir), "--out", str(out), "--no-figures"]) == 0
+    first = json.loads((out / "summary.json").read_text())
+    archived = out / report.ARCHIVE / "braille_felif_s0"
+    assert sorted(p.name for p in archived.iterdir()) == sorted(report.ARCHIVED_FILES)
+    # results/ gone (a fresh clone): the archive alone gives the same records
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    assert report.main(["--train-dir", str(empty), "--out", str(out), "--no-figures"]) == 0
+    assert json.loads((out / "summary.json").read_text()) == first
+    # a rerun of one seed in the training directory wins over its archived copy
+    (train_dir / "braille_felif_s1").rename(tmp_path / "old_s1")
+    _run(train_dir, "braille_felif", 1, "braille", "braille", {"test_accuracy": 0.9})
+    assert report.main(["--train-dir", str(train_dir), "--out", str(out), "--no-figures"]) == 0
+    (record,) = json.loads((out / "summary.json").read_text())
+    assert record["values"] == [0.6, 0.9]
+    assert (
+        json.loads((archived.parent / "braille_felif_s1" / "metrics.json").read_text())[
+            "test_accuracy"
+        ]
+        == 0.9
+    )
+
+
+def test_earlier_records_without_archived_runs_are_kept_until_dropped(tmp_path):
+    train_dir, out = tmp_path / "train", tmp_path / "report"
+    _run(train_dir, "braille_lif", 0, "braille", "braille", {"test_accuracy": 0.5}, output="lif")
+    out.mkdir()
+    earlier = {
+        "experiment": "braille_old",
+        "task": "braille",
+        "network": "lif->felif",
+        "algorithm": "bruno-exact",
+        "synapses": "fp",
+        "sigma": 0.0,
+        "readout": "counts",
+        "seeds": [0, 1],
+        "values": [0.4, 0.5],
+        "mean": 0.45,
+        "std": 0.0707,
+        "metric": "test_accuracy",
+    }
+    stale = {**earlier, "experiment": "braille_lif", "mean": 0.1}  # remade now: replaced
+    (out / "summary.json").write_text(json.dumps([earlier, stale]))
+    assert report.main(["--train-dir", str(train_dir), "--out", str(out), "--no-figures"]) == 0
+    records = {r["experiment"]: r for r in json.loads((out / "summary.json").read_text())}
+    assert records["braille_old"] == {**earlier, "runs": "not archived"}
+    assert records["braille_lif"]["mean"] == 0.5 and "runs" not in records["braille_lif"]
+    text = (out / "report.md").read_text()
+    assert "## Earlier results, runs not archived" in text
+    assert (
+        "| braille_old | lif->felif | bruno-exact | fp | 0 | 0,1 | test_accuracy | 45.0 ± 7.1 |"
+        in text
+    )
+    argv = ["--train-dir", str(train_dir), "--out", str(out), "--no-figures", "--drop-unarchived"]
+    assert report.main(argv) == 0
+    assert [r["experiment"] for r in json.loads((out / "summary.json").read_text())] == [
+        "braille_lif"
+    ]

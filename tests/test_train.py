@@ -162,6 +162,8 @@ def test_run_writes_outputs(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test_nll_per_step"] > 0 and 0 <= metrics["test_frame_accuracy"] <= 1
     assert metrics["epochs_run"] == 3 and metrics["seed"] == 0
+    assert metrics["host"]["torch"] == torch.__version__ and metrics["host"]["threads"] >= 1
+    assert metrics["host"]["cpu"] and metrics["host"]["torch_cpu_capability"]
     rows = (run / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 4 and rows[0].startswith("epoch,train_loss,valid_nll_per_step")
     resolved = json.loads((run / "config.json").read_text())
@@ -508,3 +510,36 @@ def test_jsb_voltage_readout_reads_the_membrane_through_a_second_array(neuron, u
     )
     assert plain.synapses_voltage is None
     assert torch.equal(plain(notes)[0], net.synapses_out(aux["spikes"]).detach())
+
+
+def test_jsb_readout_dropout_acts_in_training_only():
+    """Evaluation: the network without dropout, to the bit. Training: each spike and voltage the
+    readout reads is dropped with probability p and the survivors scaled by 1 / (1 - p)."""
+    from pipelines import models
+
+    raw = {
+        "task": "jsb",
+        "model": {
+            "kind": "spiking",
+            "voltage_readout": True,
+            "readout_dropout": 0.5,
+            "hidden": {"size": 40, "gain": 10.0, "neuron": {"kind": "lif", "threshold": 0.5}},
+        },
+    }
+    net = models.build(cfg.resolve(raw, name="t"), 0)
+    plain = models.build(
+        cfg.resolve({**raw, "model": {**raw["model"], "readout_dropout": 0.0}}, name="t"), 0
+    )
+    notes = (torch.rand(30, 4, 54, generator=torch.Generator().manual_seed(2)) < 0.2).float()
+    net.eval(), plain.eval()
+    assert torch.equal(net(notes)[0], plain(notes)[0])
+    net.train()
+    net.synapses_voltage = None  # the spike readout alone: logits = W (mask * spikes) * 2 + b
+    torch.manual_seed(0)
+    logits, aux = net(notes)
+    spikes = aux["spikes"]
+    torch.manual_seed(0)
+    mask = torch.nn.functional.dropout(torch.ones_like(spikes), 0.5)
+    assert set(mask.unique().tolist()) <= {0.0, 2.0}
+    assert torch.allclose(logits, net.synapses_out(spikes * mask), atol=1e-5)
+    assert not torch.allclose(logits, net.synapses_out(spikes), atol=1e-3)
