@@ -148,12 +148,13 @@ def _unarchived_table(records: list[dict]) -> str:
     for r in records:
         scale = 100 if _percent(r["metric"]) else 1
         digits = 1 if scale == 100 else 3
-        mean = "—" if r["mean"] is None else f"{r['mean'] * scale:.{digits}f}"
-        std = f"{r['std'] * scale:.{digits}f}"
+        value = "—" if r["mean"] is None else f"{r['mean'] * scale:.{digits}f}"
+        if r["mean"] is not None and len(r["seeds"]) > 1:
+            value += f" ± {r['std'] * scale:.{digits}f}"
         seeds = ",".join(str(seed) for seed in r["seeds"])
         lines.append(
             f"| {r['experiment']} | {r['network']} | {r['algorithm']} | {r['synapses']} "
-            f"| {r['sigma']:g} | {seeds} | {r['metric']} | {mean} ± {std} |"
+            f"| {r['sigma']:g} | {seeds} | {r['metric']} | {value} |"
         )
     return "\n".join(lines)
 

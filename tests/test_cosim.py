@@ -296,12 +296,12 @@ COMMITTED = (
 
 
 def test_the_committed_comparison_is_of_the_committed_weights(braille_data):
-    """``docs/results/cosim/<run>/run/`` holds the trained run the committed comparison used (so a
+    """``docs/results/cosim/<run>/<run>/`` holds the trained run the committed comparison used (so a
     reader can rerun it): it loads, and on the first compared test samples the network's own
     forward pass fires the output spike counts the comparison recorded for the model."""
     from pipelines.tasks import make_task
 
-    config, model, _ = load_run(COMMITTED / "run")
+    config, model, _ = load_run(COMMITTED / COMMITTED.name)
     summary = json.loads((COMMITTED / "cosim.json").read_text())
     assert summary["experiment"] == config.name and summary["split"] == "test"
     task = make_task(config)
