@@ -112,12 +112,9 @@ def archive_runs(runs: list[dict], archive: Path) -> int:
     return changed
 
 
-def gather_runs(train_dir: Path, archive: Path | None) -> list[dict]:
-    """The runs of ``train_dir`` and, where it has none of that name, the archived ones."""
-    runs = load_runs(train_dir)
-    if archive is None or not archive.is_dir():
-        return runs
-    if archive.resolve() == train_dir.resolve():
+def with_archived(runs: list[dict], archive: Path) -> list[dict]:
+    """``runs`` and the archived runs of a name none of them has."""
+    if not archive.is_dir():
         return runs
     names = {Path(run["dir"]).name for run in runs}
     return runs + [run for run in load_runs(archive) if Path(run["dir"]).name not in names]
@@ -146,11 +143,7 @@ def _unarchived_table(records: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
-        scale = 100 if _percent(r["metric"]) else 1
-        digits = 1 if scale == 100 else 3
-        value = "—" if r["mean"] is None else f"{r['mean'] * scale:.{digits}f}"
-        if r["mean"] is not None and len(r["seeds"]) > 1:
-            value += f" ± {r['std'] * scale:.{digits}f}"
+        value = _stat(r["values"], r["metric"], 1 if _percent(r["metric"]) else 3)
         seeds = ",".join(str(seed) for seed in r["seeds"])
         lines.append(
             f"| {r['experiment']} | {r['network']} | {r['algorithm']} | {r['synapses']} "
@@ -452,12 +445,13 @@ def main(argv: list[str] | None = None) -> int:
         help="drop the earlier summary.json's records whose runs are not archived",
     )
     args = parser.parse_args(argv)
+    runs = load_runs(args.train_dir)
     archive = None if args.no_archive else args.out / ARCHIVE
     if archive is not None:
-        changed = archive_runs(load_runs(args.train_dir), archive)
+        changed = archive_runs(runs, archive)
         if changed:
             print(f"report: archived {changed} run(s) to {archive}", file=sys.stderr)
-    runs = gather_runs(args.train_dir, archive)
+        runs = with_archived(runs, archive)
     if not runs:
         print(
             f"report: no finished runs under {args.train_dir} (run `make train` first)",
