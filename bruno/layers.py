@@ -394,6 +394,7 @@ class LIFLayer(SpikingLayer):
         reset: str = "zero",
         floor: float | None = None,
         floor_gradient: str = "none",
+        reset_potential: float = 0.0,
         surrogate_slope: float = LIF_SLOPE,
         variability_sigma: float = 0.0,
         seed: int = 0,
@@ -402,7 +403,7 @@ class LIFLayer(SpikingLayer):
     ) -> None:
         super().__init__(size, grad_window, record_state)
         self.parameters_ = LIFParameters(
-            tau_mem, tau_syn, threshold, dt, reset, floor, floor_gradient
+            tau_mem, tau_syn, threshold, dt, reset, floor, floor_gradient, reset_potential
         )
         self.parameters_.validate()
         self.surrogate_slope = float(surrogate_slope)

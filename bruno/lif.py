@@ -6,7 +6,9 @@ Exact-exponential discretisation with an explicit time step ``dt`` (so the dynam
     I_{t+1} = alpha I_t + (1 - alpha) x_t          (synaptic current; tau_syn = 0: I = x)
     v_{t+1} = beta v_t + (1 - beta) I_{t+1}        (membrane; a constant drive x settles at v = x)
     s_{t+1} = Heaviside(v_{t+1} - threshold)       (surrogate gradient, bruno.surrogate)
-    reset:  "zero" v <- v (1 - s)  or  "subtract" v <- v - s threshold, with s detached
+    reset:  "zero" v <- v (1 - s) + s reset_potential  or  "subtract" v <- v - s threshold,
+            with s detached (reset_potential 0, the rest level, by default; below 0 it is a
+            reset under rest like the FeLIF's -1.5 V)
     floor (optional): v <- max(v, floor) before the spike test: a lower rail, like the FeLIF
             membrane's -5 V clip (the state below it is lost and no gradient passes there;
             floor_gradient "straight_through" passes the gradient as if there were no rail)
@@ -34,6 +36,7 @@ class LIFParameters:
     reset: str = "zero"  # "zero" or "subtract"
     floor: float | None = None  # lower rail of the membrane (units of x); None: no rail
     floor_gradient: str = "none"  # "none" (the rail's own) or "straight_through"
+    reset_potential: float = 0.0  # membrane after a "zero" reset (units of x)
 
     def validate(self) -> None:
         if not (isinstance(self.dt, int | float) and math.isfinite(self.dt) and self.dt > 0):
@@ -47,6 +50,17 @@ class LIFParameters:
         if self.floor is not None and not (math.isfinite(self.floor) and self.floor < 0):
             raise ValueError(
                 f"floor must be a finite number < 0 (below rest) or None, got {self.floor!r}"
+            )
+        if not math.isfinite(self.reset_potential) or (
+            self.floor is not None and self.reset_potential < self.floor
+        ):
+            raise ValueError(
+                "reset_potential must be finite and not below the floor, "
+                f"got {self.reset_potential!r}"
+            )
+        if self.reset == "subtract" and self.reset_potential != 0.0:
+            raise ValueError(
+                "reset_potential is where a 'zero' reset sets v; reset 'subtract' has none"
             )
         for name, low in (("tau_mem", 0.0), ("tau_syn", 0.0), ("threshold", 0.0)):
             value = torch.as_tensor(getattr(self, name), dtype=torch.float64)
@@ -84,7 +98,10 @@ def lif_step(
     threshold = torch.as_tensor(p.threshold, dtype=x.dtype, device=x.device)
     s = spike(v - threshold, slope)
     fired = s.detach()
-    v = v * (1 - fired) if p.reset == "zero" else v - fired * threshold
+    if p.reset == "zero":
+        v = v * (1 - fired) + fired * p.reset_potential
+    else:
+        v = v - fired * threshold
     return LIFState(syn, v, s)
 
 
@@ -109,7 +126,7 @@ def simulate_scalar(
             v = max(v, p.floor)
         if v > threshold:
             spikes.append((k + 1) * dt)
-            v = 0.0 if p.reset == "zero" else v - threshold
+            v = p.reset_potential if p.reset == "zero" else v - threshold
         if (k + 1) % record_every == 0:
             times.append((k + 1) * dt)
             vs.append(v)

@@ -38,13 +38,24 @@ BRAILLE_CHANNELS = 24
 BRAILLE_CLASSES = 27
 
 
-def felif_preset(choice: str):
-    """'calibrated' (the calibrated preset), 'paper' (paper defaults: None) or a preset path."""
-    if choice == "paper":
-        return None
-    from bruno import presets
+def felif_preset(choice: str, reset_voltage: float | None = None):
+    """'calibrated' (the calibrated preset), 'paper' (paper defaults) or a preset path; with
+    ``reset_voltage`` (V) its reset target replaced (everything else the preset's)."""
+    import dataclasses
 
-    return presets.load_felif_preset(None if choice == "calibrated" else Path(choice))
+    from bruno import presets
+    from bruno.felif import FeLIFParameters
+
+    if choice == "paper":
+        preset = presets.FeLIFPreset(parameters=FeLIFParameters(), variability_sigma=0.0)
+        if reset_voltage is None:
+            return None
+    else:
+        preset = presets.load_felif_preset(None if choice == "calibrated" else Path(choice))
+    if reset_voltage is None:
+        return preset
+    parameters = dataclasses.replace(preset.parameters, reset_voltage=float(reset_voltage))
+    return dataclasses.replace(preset, parameters=parameters)
 
 
 def neuron_layer(
@@ -61,10 +72,10 @@ def neuron_layer(
     # a neuron config's options are named like the layer's keyword arguments
     common = dict(seed=seed, grad_window=model.grad_window)
     if isinstance(neuron, schema.FeLIFNeuron):
-        options = neuron.model_dump(exclude={"kind", "preset"})
+        options = neuron.model_dump(exclude={"kind", "preset", "reset_voltage"})
         return layers.FeLIFLayer(
             size,
-            parameters=felif_preset(neuron.preset),
+            parameters=felif_preset(neuron.preset, neuron.reset_voltage),
             coarse_dt=model.coarse_dt / neuron.coarse_steps_per_frame,
             **options,
             **common,

@@ -164,8 +164,30 @@ def _run_config(run_dir: Path) -> AnyExperiment | None:
         return None
 
 
-def _neuron_label(neuron) -> str:
-    return neuron.kind.upper().replace("FELIF", "FeLIF")
+#: Neuron options a table names when a run sets them away from their defaults (the physics a
+#: row's neurons have beyond their kind), with how.
+_NON_DEFAULT = {
+    "tau_mem": "τ_mem {:g} s",
+    "tau_syn": "τ_syn {:g} s",
+    "floor": "rail at {:g}",
+    "reset": "reset by {}",
+    "reset_potential": "reset to {:g}",
+    "reset_voltage": "reset to {:g} V",
+    "recurrent_gain": "recurrent gain {:g}",
+    "surrogate_slope": "slope {:g}",
+}
+
+
+def _neuron_label(neuron, size: int) -> str:
+    """``LIF(27)``, or with its non-default physics: ``LIF(27: τ_mem 10 s, rail at -2)``."""
+    defaults = type(neuron).model_fields
+    changed = [
+        how.format(getattr(neuron, key))
+        for key, how in _NON_DEFAULT.items()
+        if key in defaults and getattr(neuron, key) != defaults[key].default
+    ]
+    kind = neuron.kind.upper().replace("FELIF", "FeLIF")
+    return f"{kind}({size}{': ' + ', '.join(changed) if changed else ''})"
 
 
 def describe(config: AnyExperiment) -> dict:
@@ -210,7 +232,7 @@ def describe(config: AnyExperiment) -> dict:
     return {
         "network": "->".join(n.kind for n in neurons),
         "display": " -> ".join(
-            f"{_neuron_label(n)}({size})" for n, size in zip(neurons, sizes, strict=True)
+            _neuron_label(n, size) for n, size in zip(neurons, sizes, strict=True)
         )
         + f" [{readout}]",
         "algorithm": algorithm,

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bruno import algorithms, kernels, layers
+from bruno import algorithms, kernels, layers, surrogate
 from bruno.synapses import PRECISIONS
 
 # Literal[...] of a runtime tuple: the enumerations are bruno's, not restated here.
@@ -75,6 +75,16 @@ class FeLIFNeuron(Section):
         "step; the held step's gradient)",
     )
     current_scale: Annotated[float, Field(gt=0, le=1)] = Field(1e-9, description="A per unit")
+    reset_voltage: Annotated[float, Field(ge=-5, le=5)] | None = Field(
+        None,
+        description="the reset circuit's membrane target (V), a circuit-design what-if; null: "
+        "the preset's (calibrated and SPEC: -1.5 V). Polarization resets to -Ps either way",
+    )
+    surrogate_slope: Annotated[float, Field(ge=1e-6, le=1e6)] = Field(
+        surrogate.FELIF_SLOPE_PER_VOLT,
+        description="the spike test's surrogate slope per volt of membrane above threshold "
+        "(a swing from reset to threshold is ~4 V)",
+    )
     variability_sigma: Sigma | None = Field(
         0.0, description="device-to-device spread of the preset's fields; null: the preset's"
     )
@@ -96,8 +106,21 @@ class LIFNeuron(Section):
     floor_gradient: Literal["none", "straight_through"] = Field(
         "none", description="the rail's gradient: none (its own), or passed straight through"
     )
-    surrogate_slope: Annotated[float, Field(ge=1e-6, le=1e6)] = 25.0
+    reset_potential: Annotated[float, Field(ge=-1e6, le=1e6)] = Field(
+        0.0,
+        description="the membrane after a 'zero' reset (units of the drive; 0: rest); below 0 "
+        "like the FeLIF, which resets to -1.5 V = -0.6 of its 2.5 V threshold",
+    )
+    surrogate_slope: Annotated[float, Field(ge=1e-6, le=1e6)] = surrogate.LIF_SLOPE
     variability_sigma: Sigma = 0.0
+
+    @model_validator(mode="after")
+    def _reset_potential_needs_a_zero_reset(self):
+        if self.reset_potential and self.reset != "zero":
+            raise ValueError("reset_potential is where a 'zero' reset sets v; 'subtract' has none")
+        if self.floor is not None and self.reset_potential < self.floor:
+            raise ValueError("reset_potential must not be below the floor")
+        return self
 
 
 class RLIFNeuron(LIFNeuron):

@@ -459,17 +459,23 @@ def test_felif_layer_state_continuation():
     assert torch.equal(torch.cat([first, second]), whole)
 
 
+def _lif_step_spikes(drive: list[float], p: LIFParameters) -> tuple[list[float], list[float]]:
+    """One neuron through :func:`lif_step`: its spike times and its membrane after each spike."""
+    state = LIFState(*(torch.zeros(1, dtype=torch.float64),) * 3)
+    times, after = [], []
+    for k, value in enumerate(drive):
+        state = lif_step(state, torch.tensor([value], dtype=torch.float64), p)
+        if state.spikes.item():
+            times.append((k + 1) * p.dt)
+            after.append(state.v.item())
+    return times, after
+
+
 def test_lif_step_and_scalar_simulation_agree():
     p = LIFParameters(tau_mem=20e-3, tau_syn=5e-3, threshold=1.0, dt=1e-3)
     drive = [1.6] * 60 + [0.2] * 20
     _, _, _, spikes = simulate_scalar(drive, p)
-    state = LIFState(*(torch.zeros(1, dtype=torch.float64),) * 3)
-    tensor_spikes = []
-    for k, value in enumerate(drive):
-        state = lif_step(state, torch.tensor([value], dtype=torch.float64), p)
-        if state.spikes.item():
-            tensor_spikes.append((k + 1) * p.dt)
-    assert spikes == tensor_spikes and len(spikes) > 1
+    assert spikes == _lif_step_spikes(drive, p)[0] and len(spikes) > 1
 
 
 def test_lif_floor_is_a_rail_without_gradient():
@@ -501,6 +507,28 @@ def test_lif_floor_is_a_rail_without_gradient():
         state = lif_step(state, x[k], through)
     (grad,) = torch.autograd.grad(state.v.sum(), x)
     assert state.v.item() == -2.0 and float(grad.abs().sum()) > 0
+
+
+def test_lif_reset_potential_below_rest_lengthens_the_next_interval():
+    """A 'zero' reset to reset_potential r < 0 (the FeLIF's -1.5 V of 2.5 V is r = -0.6): an
+    integrating neuron at a constant drive climbs 1 - r instead of 1 after each spike, so its
+    inter-spike interval is (1 - r) x its first spike time; the tensor step and the scalar
+    reference agree spike for spike; r is refused with a subtractive reset or under the floor."""
+    p = LIFParameters(tau_mem=10.0, tau_syn=0.0, dt=1e-3, reset_potential=-0.6, floor=-2.0)
+    p.validate()
+    beta = math.exp(-p.dt / p.tau_mem)
+    drive = [0.01 / (1 - beta)] * 700  # +0.01 per step, leak negligible over 0.7 s
+    _, vs, _, spikes = simulate_scalar(drive, p)
+    intervals = [b - a for a, b in zip(spikes, spikes[1:], strict=False)]
+    assert len(intervals) >= 3 and min(vs) == pytest.approx(-0.6)
+    for interval in intervals:
+        assert interval / spikes[0] == pytest.approx(1.6, rel=0.03)
+    tensor_spikes, after = _lif_step_spikes(drive, p)
+    assert tensor_spikes == spikes and set(after) == {-0.6}
+    with pytest.raises(ValueError, match="subtract"):
+        LIFParameters(reset="subtract", reset_potential=-0.6).validate()
+    with pytest.raises(ValueError, match="floor"):
+        LIFParameters(reset_potential=-3.0, floor=-2.0).validate()
 
 
 @pytest.mark.parametrize("cls", [LIFLayer, RLIFLayer])

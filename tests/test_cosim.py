@@ -29,7 +29,7 @@ from pipelines.cosim import (
     load_run,
 )
 from pipelines.cosim.array import cell_geometries, program_array
-from pipelines.cosim.network import bias_current, compact_spikes
+from pipelines.cosim.network import bias_current, compact_spikes, neuron_overrides
 
 STEP = 1e-3
 
@@ -132,6 +132,31 @@ def test_factorised_circuit_equals_the_whole_circuit_and_the_compact_model(tiny)
         np.testing.assert_allclose(unfactorised["spikes"][j], spice_times, atol=5e-6)
         assert len(compact[j]) == len(spice_times)
         np.testing.assert_allclose(compact[j], spice_times, rtol=0.03, atol=0.2e-3)
+
+
+def test_a_changed_reset_target_reaches_the_circuit(tiny):
+    """A run whose FeLIF outputs reset to rest (config ``reset_voltage`` 0 V, a circuit what-if)
+    co-simulates with the netlist's reset switch settling at 0 V: ngspice and the compact model
+    agree on the spike times, which after the first come sooner than with the device's -1.5 V."""
+    layer, array, gains, bias = tiny
+    assert neuron_overrides(layer)[0] == [{}, {}]
+    config = cfg.load("braille_felif_reset_fp_v0", ["model.output.neuron.reset_voltage=0.0"])
+    parameters = models.felif_preset("calibrated", config.model.output.neuron.reset_voltage)
+    rest = HardwareLayer(
+        layer.synapses, FeLIFLayer(2, parameters=parameters, variability_sigma=0.0), layer.gain
+    )
+    overrides, _ = neuron_overrides(rest)
+    assert overrides == [{"v_reset": 0.0}, {"v_reset": 0.0}]
+    drive = circuit_drive(_presynaptic(), array, gains, bias)
+    spice = _simulate(export.neuron_deck(drive, STEP, overrides))["spikes"]
+    compact = compact_spikes(drive, rest)
+    device_reset = compact_spikes(drive, layer)
+    for j in range(2):
+        assert len(compact[j]) == len(spice[j]) >= len(device_reset[j]) >= 2
+        np.testing.assert_allclose(compact[j], spice[j], rtol=0.03, atol=0.2e-3)
+        # the first spike is the same; every later one comes sooner from a reset at rest
+        assert compact[j][0] == pytest.approx(device_reset[j][0], abs=1e-6)
+        assert all(a < b - 1e-4 for a, b in zip(compact[j][1:], device_reset[j][1:], strict=False))
 
 
 def test_decks_are_plain_spice_with_the_mapping_in_the_header(tiny):

@@ -278,3 +278,21 @@ def test_earlier_records_without_archived_runs_are_kept_until_dropped(tmp_path):
     assert [r["experiment"] for r in json.loads((out / "summary.json").read_text())] == [
         "braille_lif"
     ]
+
+
+def test_a_row_names_the_neurons_non_default_physics():
+    """Rows of one network kind differ by their neurons' physics: the display names what a run
+    set away from the defaults (the summary's ``network`` stays the kind)."""
+    shown = {
+        name: report.describe(cfg.load(name, overrides))
+        for name, overrides in (
+            ("braille_outputs_leaky", []),
+            ("braille_outputs_integrating_rail_nofilter_reset06", []),
+            ("braille_felif_reset_fp_v0", ["model.output.neuron.reset_voltage=0.0"]),
+        )
+    }
+    assert shown["braille_outputs_leaky"]["display"].startswith("LIF(128) -> LIF(27) [")
+    railed = shown["braille_outputs_integrating_rail_nofilter_reset06"]
+    assert "LIF(27: τ_mem 10 s, τ_syn 0 s, rail at -2, reset to -0.6)" in railed["display"]
+    assert railed["network"] == "lif->lif"
+    assert "FeLIF(27: reset to 0 V)" in shown["braille_felif_reset_fp_v0"]["display"]

@@ -4,6 +4,7 @@ test_datasets: skipped locally when missing, a failure with CI=true)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -139,6 +140,7 @@ def test_an_option_no_layer_reads_cannot_be_written(model, where):
 
 
 def test_felif_options_reach_the_layer():
+    from bruno.surrogate import FELIF_SLOPE_PER_VOLT
     from pipelines import models
 
     config = cfg.load(
@@ -146,11 +148,19 @@ def test_felif_options_reach_the_layer():
         [
             'model.hidden.neuron.coarse_gradient="euler"',
             'model.hidden.neuron.fine_backend="torch"',
+            "model.hidden.neuron.surrogate_slope=2.5",
         ],
     )
     layer = models.build(config, 0).neurons
     assert (layer.coarse_gradient, layer.fine_backend) == ("euler", "torch")
-    assert models.build(cfg.load("jsb_alg_bruno"), 0).neurons.coarse_gradient == "implicit"
+    assert layer.surrogate_slope == 2.5
+    # a reset target (circuit what-if) replaces the preset's -1.5 V and nothing else
+    moved = models.build(cfg.load("jsb_alg_bruno", ["model.hidden.neuron.reset_voltage=0.0"]), 0)
+    device = models.build(cfg.load("jsb_alg_bruno"), 0).neurons.base_parameters
+    assert device.reset_voltage == -1.5
+    assert moved.neurons.base_parameters == dataclasses.replace(device, reset_voltage=0.0)
+    default = models.build(cfg.load("jsb_alg_bruno"), 0).neurons
+    assert (default.coarse_gradient, default.surrogate_slope) == ("implicit", FELIF_SLOPE_PER_VOLT)
 
 
 def test_run_writes_outputs(tmp_path):
@@ -207,6 +217,17 @@ def test_run_writes_outputs(tmp_path):
                 }
             },
             "model.hidden.neuron.fine_backend",
+        ),
+        (
+            {
+                "model": {
+                    **LIF_NET,
+                    "hidden": {
+                        "neuron": {"kind": "lif", "reset": "subtract", "reset_potential": -0.6}
+                    },
+                }
+            },
+            "model.hidden.neuron: reset_potential is where a 'zero' reset sets v",
         ),
     ],
 )

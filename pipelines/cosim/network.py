@@ -153,7 +153,8 @@ def bias_current(layer: HardwareLayer) -> np.ndarray:
 
 def neuron_overrides(layer: HardwareLayer) -> tuple[list[dict[str, float]], np.ndarray]:
     """Each neuron's netlist .param values (its variability draw scales the netlist's nominal
-    values) and its input-gain factor (realised by its gain stage)."""
+    values; a changed reset target moves v_reset) and its input-gain factor (realised by its
+    gain stage)."""
     from calibration.felif.traces import netlist_parameters
 
     neurons = layer.neurons
@@ -175,6 +176,16 @@ def neuron_overrides(layer: HardwareLayer) -> tuple[list[dict[str, float]], np.n
                 )
             for j in range(size):
                 overrides[j][name] = nominal[name] * float(factors[k, j])
+    # a reset target changed from the device's (config reset_voltage, a circuit what-if): the
+    # reset switch settles at the netlist's v_reset moved by the same amount
+    from bruno import presets
+
+    shift = float(neurons.base_parameters.reset_voltage) - float(
+        presets.load_felif_preset().parameters.reset_voltage
+    )
+    if shift:
+        for values in overrides:
+            values["v_reset"] = nominal["v_reset"] + shift
     base_gain = float(neurons.base_parameters.input_gain)
     return overrides, input_gain * base_gain
 
