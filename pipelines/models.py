@@ -46,14 +46,14 @@ def felif_preset(choice: str, reset_voltage: float | None = None):
     from bruno import presets
     from bruno.felif import FeLIFParameters
 
-    if choice == "paper":
-        preset = presets.FeLIFPreset(parameters=FeLIFParameters(), variability_sigma=0.0)
-        if reset_voltage is None:
-            return None
-    else:
+    if choice != "paper":
         preset = presets.load_felif_preset(None if choice == "calibrated" else Path(choice))
-    if reset_voltage is None:
-        return preset
+        if reset_voltage is None:
+            return preset
+    elif reset_voltage is None:
+        return None
+    else:
+        preset = presets.FeLIFPreset(parameters=FeLIFParameters(), variability_sigma=0.0)
     parameters = dataclasses.replace(preset.parameters, reset_voltage=float(reset_voltage))
     return dataclasses.replace(preset, parameters=parameters)
 

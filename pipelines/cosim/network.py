@@ -176,16 +176,12 @@ def neuron_overrides(layer: HardwareLayer) -> tuple[list[dict[str, float]], np.n
                 )
             for j in range(size):
                 overrides[j][name] = nominal[name] * float(factors[k, j])
-    # a reset target changed from the device's (config reset_voltage, a circuit what-if): the
-    # reset switch settles at the netlist's v_reset moved by the same amount
-    from bruno import presets
-
-    shift = float(neurons.base_parameters.reset_voltage) - float(
-        presets.load_felif_preset().parameters.reset_voltage
-    )
-    if shift:
+    # a preset's reset target is the netlist's v_reset (calibration fixes it from there); one
+    # changed by a run (config reset_voltage, a circuit what-if) is where the switch settles
+    reset_voltage = float(neurons.base_parameters.reset_voltage)
+    if reset_voltage != nominal["v_reset"]:
         for values in overrides:
-            values["v_reset"] = nominal["v_reset"] + shift
+            values["v_reset"] = reset_voltage
     base_gain = float(neurons.base_parameters.input_gain)
     return overrides, input_gain * base_gain
 
