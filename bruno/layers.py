@@ -380,6 +380,11 @@ class LIFLayer(SpikingLayer):
 
     Optional per-neuron variability of ``tau_mem``, ``tau_syn`` and ``threshold``
     (``mu * (1 + variability_sigma * N(0,1))``, seeded, :meth:`resample_variability`).
+    With ``train_time_constants`` each neuron's nominal ``tau_mem`` and ``tau_syn`` are trained
+    parameters (``log_tau_mem``, ``log_tau_syn``: log-seconds, so a time constant stays > 0;
+    float64 whatever the layer's dtype), starting at the configured values; the variability
+    factors multiply the trained nominal values, as a device's mismatch multiplies whatever it
+    is programmed to. A ``tau_syn`` of 0 (no filter) stays 0.
     """
 
     recurrent = False
@@ -395,17 +400,37 @@ class LIFLayer(SpikingLayer):
         floor: float | None = None,
         floor_gradient: str = "none",
         reset_potential: float = 0.0,
+        adaptation: float = 0.0,
+        tau_adaptation: float = 0.1,
         surrogate_slope: float = LIF_SLOPE,
         variability_sigma: float = 0.0,
+        train_time_constants: bool = False,
         seed: int = 0,
         grad_window: int | None = None,
         record_state: bool = False,
     ) -> None:
         super().__init__(size, grad_window, record_state)
         self.parameters_ = LIFParameters(
-            tau_mem, tau_syn, threshold, dt, reset, floor, floor_gradient, reset_potential
+            tau_mem,
+            tau_syn,
+            threshold,
+            dt,
+            reset,
+            floor,
+            floor_gradient,
+            reset_potential,
+            adaptation,
+            tau_adaptation,
         )
         self.parameters_.validate()
+        self.train_time_constants = bool(train_time_constants)
+        if self.train_time_constants:
+            for name in ("tau_mem", "tau_syn"):
+                value = float(getattr(self.parameters_, name))
+                if value > 0:
+                    # float64, so exp(log tau) rounds to the configured tau in float32
+                    start = torch.full((self.size,), math.log(value), dtype=torch.float64)
+                    setattr(self, f"log_{name}", nn.Parameter(start))
         self.surrogate_slope = float(surrogate_slope)
         self.variability_sigma = float(variability_sigma)
         if not (math.isfinite(self.variability_sigma) and self.variability_sigma >= 0):
@@ -425,15 +450,23 @@ class LIFLayer(SpikingLayer):
     def neuron_parameters(self, dtype=torch.float32, device=None) -> LIFParameters:
         f = self.variability_factors.to(dtype=dtype, device=device)
         p = self.parameters_
+        tau = {}
+        for name in ("tau_mem", "tau_syn"):
+            trained = getattr(self, f"log_{name}", None)
+            tau[name] = getattr(p, name) if trained is None else trained.exp().to(dtype)
         return dataclasses.replace(
-            p, tau_mem=p.tau_mem * f[0], tau_syn=p.tau_syn * f[1], threshold=p.threshold * f[2]
+            p,
+            tau_mem=tau["tau_mem"] * f[0],
+            tau_syn=tau["tau_syn"] * f[1],
+            threshold=p.threshold * f[2],
         )
 
     def extra_repr(self) -> str:
         p = self.parameters_
         return (
             f"size={self.size}, tau_mem={p.tau_mem}, tau_syn={p.tau_syn}, dt={p.dt}, "
-            f"threshold={p.threshold}"
+            f"threshold={p.threshold}, adaptation={p.adaptation}, "
+            f"tau_adaptation={p.tau_adaptation}, train_time_constants={self.train_time_constants}"
         )
 
     def _recurrent_input(self, previous_spikes: torch.Tensor) -> torch.Tensor | float:
@@ -441,7 +474,7 @@ class LIFLayer(SpikingLayer):
 
     def initial_state(self, batch: int, dtype: torch.dtype = torch.float32, device=None):
         zeros = torch.zeros(batch, self.size, dtype=dtype, device=device)
-        return LIFState(zeros, zeros, zeros)
+        return LIFState(zeros, zeros, zeros, zeros)
 
     def prepare(self, x: torch.Tensor) -> LIFParameters:
         return self.neuron_parameters(x.dtype, x.device)

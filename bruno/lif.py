@@ -12,6 +12,11 @@ Exact-exponential discretisation with an explicit time step ``dt`` (so the dynam
     floor (optional): v <- max(v, floor) before the spike test: a lower rail, like the FeLIF
             membrane's -5 V clip (the state below it is lost and no gradient passes there;
             floor_gradient "straight_through" passes the gradient as if there were no rail)
+    adaptation (optional, off at 0): a_{t+1} = rho a_t + s_t, rho = exp(-dt/tau_adaptation),
+            and the spike test is against threshold + adaptation a_{t+1}: each spike raises the
+            threshold by ``adaptation``, decaying with ``tau_adaptation`` (spike-frequency
+            adaptation, the LSNN's adaptive threshold; the reset stays as above, by the base
+            threshold)
 
 so a neuron fires for a sustained drive x > threshold (threshold 1 by default).
 """
@@ -37,6 +42,8 @@ class LIFParameters:
     floor: float | None = None  # lower rail of the membrane (units of x); None: no rail
     floor_gradient: str = "none"  # "none" (the rail's own) or "straight_through"
     reset_potential: float = 0.0  # membrane after a "zero" reset (units of x)
+    adaptation: float = 0.0  # threshold increase per spike (units of x); 0: no adaptation
+    tau_adaptation: float = 0.1  # s; decay of the threshold increase
 
     def validate(self) -> None:
         if not (isinstance(self.dt, int | float) and math.isfinite(self.dt) and self.dt > 0):
@@ -62,6 +69,12 @@ class LIFParameters:
             raise ValueError(
                 "reset_potential is where a 'zero' reset sets v; reset 'subtract' has none"
             )
+        if not (math.isfinite(self.adaptation) and self.adaptation >= 0):
+            raise ValueError(f"adaptation must be a finite number >= 0, got {self.adaptation!r}")
+        if not (math.isfinite(self.tau_adaptation) and self.tau_adaptation > 0):
+            raise ValueError(
+                f"tau_adaptation must be a finite number > 0, got {self.tau_adaptation!r}"
+            )
         for name, low in (("tau_mem", 0.0), ("tau_syn", 0.0), ("threshold", 0.0)):
             value = torch.as_tensor(getattr(self, name), dtype=torch.float64)
             if not bool(torch.isfinite(value).all()):
@@ -76,6 +89,7 @@ class LIFState(NamedTuple):
     syn: torch.Tensor  # synaptic current (units of x)
     v: torch.Tensor  # membrane (units of x), after reset
     spikes: torch.Tensor  # spikes of the last step (0/1)
+    adaptation: torch.Tensor  # the spike trace a that raises the threshold (0 without adaptation)
 
 
 def decay(tau: float | torch.Tensor, dt: float, like: torch.Tensor) -> torch.Tensor:
@@ -96,13 +110,18 @@ def lif_step(
         railed = v.clamp_min(p.floor)
         v = v + (railed - v).detach() if p.floor_gradient == "straight_through" else railed
     threshold = torch.as_tensor(p.threshold, dtype=x.dtype, device=x.device)
-    s = spike(v - threshold, slope)
+    trace = state.adaptation
+    if p.adaptation:
+        trace = math.exp(-p.dt / p.tau_adaptation) * trace + state.spikes
+        s = spike(v - (threshold + p.adaptation * trace), slope)
+    else:
+        s = spike(v - threshold, slope)
     fired = s.detach()
     if p.reset == "zero":
         v = v * (1 - fired) + fired * p.reset_potential
     else:
         v = v - fired * threshold
-    return LIFState(syn, v, s)
+    return LIFState(syn, v, s, trace)
 
 
 def simulate_scalar(
@@ -117,14 +136,19 @@ def simulate_scalar(
     tau_mem, tau_syn, threshold = float(p.tau_mem), float(p.tau_syn), float(p.threshold)
     alpha = math.exp(-dt / tau_syn) if tau_syn > 0 else 0.0
     beta = math.exp(-dt / tau_mem)
-    syn = v = 0.0
+    rho = math.exp(-dt / p.tau_adaptation)
+    syn = v = trace = 0.0
+    fired = False
     times, vs, syns, spikes = [0.0], [0.0], [0.0], []
     for k, drive in enumerate(x):
         syn = alpha * syn + (1 - alpha) * drive
         v = beta * v + (1 - beta) * syn
         if p.floor is not None:
             v = max(v, p.floor)
-        if v > threshold:
+        if p.adaptation:
+            trace = rho * trace + float(fired)
+        fired = v > threshold + p.adaptation * trace
+        if fired:
             spikes.append((k + 1) * dt)
             v = p.reset_potential if p.reset == "zero" else v - threshold
         if (k + 1) % record_every == 0:

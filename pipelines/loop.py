@@ -28,7 +28,27 @@ class TrainingDiverged(RuntimeError):
     """NaN/Inf in the loss, the network's outputs or its parameters."""
 
 
+#: Trained parameters that are neuron physics, not synaptic weights: no weight decay on them
+#: (decay would pull a log time constant towards log 1 s).
+NO_DECAY_PREFIX = "log_tau"
+
+
+def parameter_groups(model: torch.nn.Module) -> list[dict]:
+    """The model's parameters for the optimiser: one group, plus a group without weight decay
+    for the neurons' trained time constants when there are any (the one-group form keeps older
+    checkpoints' optimiser state loadable)."""
+    weights, physics = [], []
+    for name, param in model.named_parameters():
+        is_physics = name.rsplit(".", 1)[-1].startswith(NO_DECAY_PREFIX)
+        (physics if is_physics else weights).append(param)
+    groups = [{"params": weights}]
+    if physics:
+        groups.append({"params": physics, "weight_decay": 0.0})
+    return groups
+
+
 def optimiser(params, optim: Optim) -> torch.optim.Optimizer:
+    """The configured optimiser over ``params`` (parameters or :func:`parameter_groups`)."""
     name, lr, decay = optim.name, optim.lr, optim.weight_decay
     if name == "adamax":
         return torch.optim.Adamax(params, lr=lr, weight_decay=decay)

@@ -175,6 +175,9 @@ _NON_DEFAULT = {
     "reset_voltage": "reset to {:g} V",
     "recurrent_gain": "recurrent gain {:g}",
     "surrogate_slope": "slope {:g}",
+    "adaptation": "adaptation {:g}",
+    "tau_adaptation": "τ_a {:g} s",
+    "train_time_constants": "trained τ",
 }
 
 

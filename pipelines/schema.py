@@ -111,8 +111,21 @@ class LIFNeuron(Section):
         description="the membrane after a 'zero' reset (units of the drive; 0: rest); below 0 "
         "like the FeLIF, which resets to -1.5 V = -0.6 of its 2.5 V threshold",
     )
+    adaptation: Annotated[float, Field(ge=0, le=1e6)] = Field(
+        0.0,
+        description="spike-frequency adaptation: the threshold rises by this much per spike "
+        "(units of the drive) and decays back with tau_adaptation; 0: none",
+    )
+    tau_adaptation: Annotated[float, Field(ge=1e-9, le=100)] = Field(
+        0.1, description="s: decay of the adaptive threshold"
+    )
     surrogate_slope: Annotated[float, Field(ge=1e-6, le=1e6)] = surrogate.LIF_SLOPE
     variability_sigma: Sigma = 0.0
+    train_time_constants: bool = Field(
+        False,
+        description="train each neuron's tau_mem and tau_syn (from the values above; a tau_syn "
+        "of 0 stays 0); no weight decay on them",
+    )
 
     @model_validator(mode="after")
     def _reset_potential_needs_a_zero_reset(self):

@@ -194,7 +194,7 @@ def run_one(
     task = make_task(config)
     model = models.build(config, seed).to(dist.device)
     optim = config.optim
-    optimiser = loop.optimiser(model.parameters(), optim)
+    optimiser = loop.optimiser(loop.parameter_groups(model), optim)
     state = _restore(files, model, optimiser, dist)
     trained = dist.wrap(model)
     baseline_rss = peak_rss_mb()

@@ -461,7 +461,7 @@ def test_felif_layer_state_continuation():
 
 def _lif_step_spikes(drive: list[float], p: LIFParameters) -> tuple[list[float], list[float]]:
     """One neuron through :func:`lif_step`: its spike times and its membrane after each spike."""
-    state = LIFState(*(torch.zeros(1, dtype=torch.float64),) * 3)
+    state = LIFState(*(torch.zeros(1, dtype=torch.float64),) * 4)
     times, after = [], []
     for k, value in enumerate(drive):
         state = lif_step(state, torch.tensor([value], dtype=torch.float64), p)
@@ -478,6 +478,36 @@ def test_lif_step_and_scalar_simulation_agree():
     assert spikes == _lif_step_spikes(drive, p)[0] and len(spikes) > 1
 
 
+def test_lif_adaptation_raises_the_threshold_per_spike():
+    """Spike-frequency adaptation: under a constant drive the intervals lengthen spike by spike
+    (the threshold rises by ``adaptation`` per spike), the scalar reference agrees spike for
+    spike, the trace is exactly sum_k rho^(t-k) s_k, and the membrane's gradient is finite
+    through the trace; adaptation 0 is the plain neuron."""
+    p = LIFParameters(tau_mem=20e-3, tau_syn=0.0, dt=1e-3, adaptation=0.2, tau_adaptation=0.05)
+    drive = [3.0] * 200
+    _, _, _, spikes = simulate_scalar(drive, p)
+    _, _, _, plain = simulate_scalar(drive, dataclasses.replace(p, adaptation=0.0))
+    intervals = [b - a for a, b in zip(spikes, spikes[1:], strict=False)]
+    assert len(spikes) < len(plain) and intervals[-1] > intervals[0] + 2e-3
+    assert all(b >= a - 1.5e-3 for a, b in zip(intervals, intervals[1:], strict=False))
+    assert spikes == _lif_step_spikes(drive, p)[0]
+    state = LIFState(*(torch.zeros(1, dtype=torch.float64),) * 4)
+    rho, expected, train = math.exp(-p.dt / p.tau_adaptation), 0.0, []
+    x = torch.tensor(drive, dtype=torch.float64).reshape(-1, 1).requires_grad_(True)
+    for k in range(len(drive)):
+        expected = rho * expected + (train[-1] if train else 0.0)
+        state = lif_step(state, x[k], p)
+        train.append(state.spikes.item())
+        assert state.adaptation.item() == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    (grad,) = torch.autograd.grad(state.v.sum() + state.spikes.sum(), x)
+    assert torch.isfinite(grad).all()
+    assert simulate_scalar(drive, dataclasses.replace(p, adaptation=0.0))[3] == plain
+    with pytest.raises(ValueError, match="adaptation"):
+        LIFParameters(adaptation=-1.0).validate()
+    with pytest.raises(ValueError, match="tau_adaptation"):
+        LIFParameters(tau_adaptation=0.0).validate()
+
+
 def test_lif_floor_is_a_rail_without_gradient():
     """With a floor the membrane never goes below it, a negative episode costs at most the
     floor's depth (the scalar reference agrees spike for spike), and a step held at the floor
@@ -488,7 +518,7 @@ def test_lif_floor_is_a_rail_without_gradient():
     _, _, _, free = simulate_scalar(drive, dataclasses.replace(p, floor=None))
     assert min(vs) == -2.0 and spikes and (not free or free[0] > spikes[0])
     x = torch.tensor(drive, dtype=torch.float64).reshape(-1, 1).requires_grad_(True)
-    state = LIFState(*(torch.zeros(1, dtype=torch.float64),) * 3)
+    state = LIFState(*(torch.zeros(1, dtype=torch.float64),) * 4)
     vs_t, tensor_spikes = [], []
     for k in range(len(drive)):
         state = lif_step(state, x[k], p)
@@ -502,7 +532,7 @@ def test_lif_floor_is_a_rail_without_gradient():
         LIFParameters(floor=0.5).validate()
     # straight through: the same values, the gradient of the unrailed membrane
     through = dataclasses.replace(p, floor_gradient="straight_through")
-    state = LIFState(*(torch.zeros(1, dtype=torch.float64),) * 3)
+    state = LIFState(*(torch.zeros(1, dtype=torch.float64),) * 4)
     for k in range(9):
         state = lif_step(state, x[k], through)
     (grad,) = torch.autograd.grad(state.v.sum(), x)
@@ -547,6 +577,45 @@ def test_lif_layers_train(cls):
         layer(torch.zeros(30, 6))
     with pytest.raises(ValueError, match="tau_mem"):
         cls(3, tau_mem=-1.0)
+
+
+@pytest.mark.parametrize("cls", [LIFLayer, RLIFLayer])
+def test_trained_time_constants_start_at_the_fixed_layer_and_get_exact_gradients(cls):
+    """Trainable tau_mem/tau_syn: at the start the layer is the fixed one, number for number
+    (variability included); the time constants get a gradient, for LIF neurons equal to a
+    central difference of a loss on the membrane in float64 (the reset is detached, so no
+    surrogate enters it; an RLIF's recurrent spikes carry the surrogate's gradient, which a
+    difference quotient does not see); tau_syn 0 stays a fixed 0."""
+    torch.manual_seed(0)
+    options = dict(tau_mem=15e-3, tau_syn=4e-3, variability_sigma=0.1, seed=2)
+    fixed = cls(5, **options).double()
+    trained = cls(5, train_time_constants=True, **options).double()
+    if cls is RLIFLayer:
+        trained.recurrent_weights.load_state_dict(fixed.recurrent_weights.state_dict())
+    x = torch.rand(25, 3, 5, dtype=torch.float64) * 2.5
+    spikes_fixed, _, v_fixed = fixed(x, return_state=True, return_voltage=True)
+    spikes, _, v = trained(x, return_state=True, return_voltage=True)
+    assert torch.equal(spikes, spikes_fixed) and torch.allclose(v, v_fixed, rtol=0, atol=1e-14)
+
+    def loss() -> torch.Tensor:
+        return trained(x, return_state=True, return_voltage=True)[2].square().sum()
+
+    loss().backward()
+    for name in ("log_tau_mem", "log_tau_syn"):
+        param = getattr(trained, name)
+        assert param.grad is not None and param.grad.abs().sum() > 0
+        if cls is RLIFLayer:
+            continue
+        with torch.no_grad():
+            param[1] += 1e-6
+            up = loss()
+            param[1] -= 2e-6
+            down = loss()
+            param[1] += 1e-6
+        assert float(param.grad[1]) == pytest.approx(float(up - down) / 2e-6, rel=1e-5)
+    unfiltered = cls(4, tau_syn=0.0, train_time_constants=True)
+    assert not hasattr(unfiltered, "log_tau_syn") and hasattr(unfiltered, "log_tau_mem")
+    assert float(unfiltered.neuron_parameters().tau_syn.abs().max()) == 0.0
 
 
 def test_rlif_quantised_recurrence():

@@ -22,6 +22,23 @@ def test_cosine_schedule_runs_from_lr_to_its_floor():
     assert loop.learning_rate(schema.Optim(lr=0.01), 3) == 0.01
 
 
+def test_trained_time_constants_get_no_weight_decay():
+    """Weight decay shrinks synaptic weights only; the neurons' log time constants are a group
+    of their own without it (decay would pull them towards log 1 s), and a model without them
+    keeps the single group older checkpoints' optimiser state has."""
+    from bruno.layers import RLIFLayer
+
+    layer = RLIFLayer(4, train_time_constants=True)
+    groups = loop.parameter_groups(layer)
+    optimiser = loop.optimiser(groups, schema.Optim(weight_decay=0.1))
+    decays = {
+        id(p): group["weight_decay"] for group in optimiser.param_groups for p in group["params"]
+    }
+    assert decays[id(layer.log_tau_mem)] == decays[id(layer.log_tau_syn)] == 0.0
+    assert decays[id(layer.recurrent_weights.weight)] == 0.1
+    assert len(loop.parameter_groups(RLIFLayer(4))) == 1
+
+
 def test_patience_stops_a_run_that_no_longer_improves(tmp_path):
     """lr = 0: the validation metric never improves after epoch 1, so patience 2 stops the run
     after epoch 3 of 10, and the test metrics are those of epoch 1's weights."""
