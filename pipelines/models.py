@@ -9,6 +9,7 @@ JSB Chorales (next-frame prediction, one frame = one coarse step):
 Braille letters (27 classes):
     events [T,B,24] -> synapses 24->H -> H hidden neurons (LIF/RLIF, or FeLIF)
                     -> synapses H->27 -> 27 output neurons (FeLIF with BRUNO, or LIF/RLIF)
+                       (in training, optionally, dropout on the hidden spikes into them)
     logits = count_scale * (output spike counts over the sample)
              [+ voltage_readout * (output membrane voltage averaged over the sample)];
     cross-entropy.
@@ -169,10 +170,11 @@ class BrailleSpiking(nn.Module):
         self.hidden = neuron_layer(hidden.neuron, hidden.size, model, seed + 1)
         self.synapses_out = synapses(hidden.size, BRAILLE_CLASSES, model.synapse, seed + 2)
         self.outputs = neuron_layer(output.neuron, BRAILLE_CLASSES, model, seed + 3)
+        self.hidden_dropout = nn.Dropout(model.hidden_dropout)
 
     def forward(self, events: torch.Tensor) -> tuple[torch.Tensor, dict]:
         hidden_spikes = self.hidden(self.input_gain * self.synapses_in(events))
-        drive = self.output_gain * self.synapses_out(hidden_spikes)
+        drive = self.output_gain * self.synapses_out(self.hidden_dropout(hidden_spikes))
         aux = {"spikes": hidden_spikes}
         if self.voltage_readout:
             output_spikes, voltage = self.outputs(drive, return_voltage=True)

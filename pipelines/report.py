@@ -230,6 +230,8 @@ def describe(config: AnyExperiment) -> dict:
     if config.task == "braille":
         scale = model.output.voltage_readout
         readout = "counts" if not scale else f"counts + {scale:g} x mean v"
+        if model.hidden_dropout:
+            readout += f"; hidden dropout {model.hidden_dropout:g}"
     else:
         readout = "spikes + voltage" if model.voltage_readout else "spikes"
     return {

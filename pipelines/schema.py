@@ -215,6 +215,12 @@ class JSBSpikingModel(SpikingModel):
 
 class BrailleSpikingModel(SpikingModel):
     output: OutputLayer
+    hidden_dropout: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0,
+        description="training only: drop each hidden spike on its way to the output synapses "
+        "with this probability (inverted dropout, a regulariser; the hidden layer, its "
+        "recurrence and the network evaluated are untouched)",
+    )
 
     def neurons(self) -> list[FeLIFNeuron | LIFNeuron | RLIFNeuron]:
         return [self.hidden.neuron, self.output.neuron]

@@ -564,3 +564,38 @@ def test_jsb_readout_dropout_acts_in_training_only():
     assert set(mask.unique().tolist()) <= {0.0, 2.0}
     assert torch.allclose(logits, net.synapses_out(spikes * mask), atol=1e-5)
     assert not torch.allclose(logits, net.synapses_out(spikes), atol=1e-3)
+
+
+def test_braille_hidden_dropout_acts_on_the_output_synapses_in_training_only():
+    """Evaluation: the network without dropout, to the bit. Training: the output layer receives
+    the hidden spikes with each dropped with probability p and the survivors scaled by
+    1 / (1 - p); the hidden spikes themselves (and the recurrence inside the layer) unchanged."""
+    from pipelines import models
+
+    raw = {
+        "task": "braille",
+        "model": {
+            "kind": "spiking",
+            "hidden_dropout": 0.5,
+            "hidden": {"size": 32, "gain": 20.0, "neuron": {"kind": "rlif"}},
+            "output": {"gain": 20.0, "voltage_readout": 0.0, "neuron": {"kind": "lif"}},
+        },
+    }
+    net = models.build(cfg.resolve(raw, name="t"), 0)
+    plain = models.build(
+        cfg.resolve({**raw, "model": {**raw["model"], "hidden_dropout": 0.0}}, "t"), 0
+    )
+    events = (torch.rand(40, 3, 24, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    net.eval(), plain.eval()
+    assert torch.equal(net(events)[0], plain(events)[0])
+    net.train(), plain.train()
+    torch.manual_seed(0)
+    _, aux = net(events)
+    spikes = aux["spikes"]
+    assert torch.equal(spikes, plain(events)[1]["spikes"]) and spikes.sum() > 0
+    torch.manual_seed(0)
+    mask = torch.nn.functional.dropout(torch.ones_like(spikes), 0.5)
+    assert set(mask.unique().tolist()) == {0.0, 2.0}
+    drive = net.output_gain * net.synapses_out(spikes * mask)
+    assert torch.equal(aux["output_spikes"], net.outputs(drive))
+    assert not torch.equal(aux["output_spikes"], plain(events)[1]["output_spikes"])
