@@ -280,6 +280,43 @@ def test_earlier_records_without_archived_runs_are_kept_until_dropped(tmp_path):
     ]
 
 
+def test_unarchived_seeds_pool_with_new_seeds_of_the_same_experiment(tmp_path):
+    """Seeds 0-1 of an experiment predate the archive (an earlier record), seed 2 is run now:
+    the record and the grid cell count all three, seed 1's value stays the earlier one when it
+    is not rerun, a rerun seed wins, and the pooling survives the next report (where only
+    ``not_archived_seeds`` says which values have no run files)."""
+    train_dir, out = tmp_path / "train", tmp_path / "report"
+    _run(train_dir, "braille_felif", 2, "braille", "braille", {"test_accuracy": 0.6})
+    lif = {"output": "lif", "sigma": 0.1}
+    _run(train_dir, "braille_lif", 0, "braille", "braille", {"test_accuracy": 0.7}, **lif)
+    out.mkdir()
+    earlier = {
+        "experiment": "braille_felif",
+        "task": "braille",
+        "metric": "test_accuracy",
+        "seeds": [0, 1],
+        "values": [0.4, 0.5],
+        "runs": "not archived",
+    }
+    (out / "summary.json").write_text(json.dumps([earlier]))
+    argv = ["--train-dir", str(train_dir), "--out", str(out), "--no-figures"]
+    for _ in range(2):  # the second report reads the first one's summary.json
+        assert report.main(argv) == 0
+        records = {r["experiment"]: r for r in json.loads((out / "summary.json").read_text())}
+        felif = records["braille_felif"]
+        assert felif["seeds"] == [0, 1, 2] and felif["values"] == [0.4, 0.5, 0.6]
+        assert felif["not_archived_seeds"] == [0, 1] and "runs" not in felif
+        assert abs(felif["mean"] - 0.5) < 1e-12 and abs(felif["std"] - 0.1) < 1e-12
+        assert "not_archived_seeds" not in records["braille_lif"]
+        text = (out / "report.md").read_text()
+        assert "| 50.0 ± 10.0 (n=3) |" in text and "3 (0*,1*,2)" in text
+        assert report.UNARCHIVED_NOTE in text and "runs not archived" not in text
+    _run(train_dir, "braille_felif", 1, "braille", "braille", {"test_accuracy": 0.9})
+    assert report.main(argv) == 0
+    felif = json.loads((out / "summary.json").read_text())[0]
+    assert felif["values"] == [0.4, 0.9, 0.6] and felif["not_archived_seeds"] == [0]
+
+
 def test_a_row_names_the_neurons_non_default_physics():
     """Rows of one network kind differ by their neurons' physics: the display names what a run
     set away from the defaults (the summary's ``network`` stays the kind)."""
