@@ -145,25 +145,44 @@ def unarchived_records(path: Path) -> list[dict]:
     return [r for r in earlier if isinstance(r, dict) and "experiment" in r]
 
 
+def _experiment_config(name: str, task: str) -> AnyExperiment | None:
+    """Today's config of the experiment ``name`` (of ``task``), or None: not one of ours."""
+    try:
+        config = cfg.load(name)
+    except cfg.ConfigError:
+        return None
+    return config if config.task == task else None
+
+
 def merge_unarchived(groups: dict[str, list[dict]], earlier: list[dict]) -> list[dict]:
-    """Pool the unarchived seeds of ``earlier`` records into the experiments of the same name
-    made now (a seed run now wins; the others join as runs without files, ``"archived": False``,
-    so a grid cell counts every seed); return the records of experiments not made now, marked
-    ``"runs": "not archived"``."""
+    """Pool the unarchived seeds of ``earlier`` records into the experiments of the same name:
+    those made now (a seed run now wins), or, for an experiment no run of which is here, one
+    made from its config of today (so the record's cells join the comparison grid). Such seeds
+    join as runs without files (``"archived": False``). Return the records that are neither
+    (names of no config: a variant made with ``--set``), marked ``"runs": "not archived"``."""
     entries = {entry["name"]: entry for group in groups.values() for entry in group}
     kept = []
     for record in earlier:
         entry = entries.get(record["experiment"])
+        seeds = _unarchived_seeds(record)
         if entry is None:
-            kept.append({**record, "runs": "not archived"})
-            continue
+            config = _experiment_config(record["experiment"], record.get("task"))
+            if config is None:
+                kept.append({**record, "runs": "not archived"})
+                continue
+            entry = {"name": config.name, "config": config, "group": config.group, "runs": []}
+            groups.setdefault(config.group or config.task, []).append(entry)
+            entries[config.name] = entry
+            seeds = dict(zip(record["seeds"], record["values"], strict=True))
         present = {run["metrics"]["seed"] for run in entry["runs"]}
-        for seed, value in _unarchived_seeds(record).items():
+        for seed, value in seeds.items():
             if seed not in present:
                 metrics = {"seed": seed, record["metric"]: value}
                 entry["runs"].append(
                     {"dir": None, "config": entry["config"], "metrics": metrics, "archived": False}
                 )
+    for group in groups.values():
+        group.sort(key=lambda entry: entry["name"])
     return kept
 
 

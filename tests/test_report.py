@@ -284,7 +284,8 @@ def test_unarchived_seeds_pool_with_new_seeds_of_the_same_experiment(tmp_path):
     """Seeds 0-1 of an experiment predate the archive (an earlier record), seed 2 is run now:
     the record and the grid cell count all three, seed 1's value stays the earlier one when it
     is not rerun, a rerun seed wins, and the pooling survives the next report (where only
-    ``not_archived_seeds`` says which values have no run files)."""
+    ``not_archived_seeds`` says which values have no run files). An experiment of a config with
+    no run here joins the grid from its record alone."""
     train_dir, out = tmp_path / "train", tmp_path / "report"
     _run(train_dir, "braille_felif", 2, "braille", "braille", {"test_accuracy": 0.6})
     lif = {"output": "lif", "sigma": 0.1}
@@ -298,7 +299,9 @@ def test_unarchived_seeds_pool_with_new_seeds_of_the_same_experiment(tmp_path):
         "values": [0.4, 0.5],
         "runs": "not archived",
     }
-    (out / "summary.json").write_text(json.dumps([earlier]))
+    # an experiment of ours none of whose runs is here: made from today's config
+    gru = {**earlier, "experiment": "braille_gru", "seeds": [0, 2], "values": [0.7, 0.8]}
+    (out / "summary.json").write_text(json.dumps([earlier, gru]))
     argv = ["--train-dir", str(train_dir), "--out", str(out), "--no-figures"]
     for _ in range(2):  # the second report reads the first one's summary.json
         assert report.main(argv) == 0
@@ -311,10 +314,14 @@ def test_unarchived_seeds_pool_with_new_seeds_of_the_same_experiment(tmp_path):
         text = (out / "report.md").read_text()
         assert "| 50.0 ± 10.0 (n=3) |" in text and "3 (0*,1*,2)" in text
         assert report.UNARCHIVED_NOTE in text and "runs not archived" not in text
+        assert records["braille_gru"]["network"] == "gru"
+        assert records["braille_gru"]["not_archived_seeds"] == [0, 2]
+        assert "| GRU(128), BPTT (autograd) | 75.0 ± 7.1 (n=2) | - |" in text
     _run(train_dir, "braille_felif", 1, "braille", "braille", {"test_accuracy": 0.9})
     assert report.main(argv) == 0
-    felif = json.loads((out / "summary.json").read_text())[0]
-    assert felif["values"] == [0.4, 0.9, 0.6] and felif["not_archived_seeds"] == [0]
+    records = {r["experiment"]: r for r in json.loads((out / "summary.json").read_text())}
+    assert records["braille_felif"]["values"] == [0.4, 0.9, 0.6]
+    assert records["braille_felif"]["not_archived_seeds"] == [0]
 
 
 def test_a_row_names_the_neurons_non_default_physics():
