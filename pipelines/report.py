@@ -12,8 +12,8 @@ report reads that archive too (a run in ``--train-dir`` wins over its archived c
 committed tables can be rebuilt on a fresh clone, and a report made where only some runs exist
 does not drop the others. Records of an earlier ``summary.json`` whose runs are in neither place
 (made before the archive existed) are kept, marked ``"runs": "not archived"``, until
-``--drop-unarchived``; where an experiment gets new seeds, its unarchived seeds pool with them
-(``not_archived_seeds``).
+``--drop-unarchived``; those of an experiment with new seeds, or of one of our configs, pool into
+its tables and grid as seeds without run files (``not_archived_seeds``, marked ``*``).
 """
 
 from __future__ import annotations
@@ -123,6 +123,11 @@ def with_archived(runs: list[dict], archive: Path) -> list[dict]:
         return runs
     names = {Path(run["dir"]).name for run in runs}
     return runs + [run for run in load_runs(archive) if Path(run["dir"]).name not in names]
+
+
+def _unarchived(run: dict) -> bool:
+    """A seed pooled from an earlier record: no run files behind it."""
+    return run.get("archived") is False
 
 
 def _unarchived_seeds(record: dict) -> dict[int, float]:
@@ -378,7 +383,7 @@ def summary(groups: dict[str, list[dict]]) -> list[dict]:
                     "metric": key,
                 }
             )
-            unarchived = [run["metrics"]["seed"] for run in runs if run.get("archived") is False]
+            unarchived = [run["metrics"]["seed"] for run in runs if _unarchived(run)]
             if unarchived:
                 records[-1]["not_archived_seeds"] = unarchived
     return records
@@ -394,7 +399,7 @@ def table(entries: list[dict]) -> tuple[str, list[dict]]:
     for entry in entries:
         about = describe(entry["config"])
         seeds = [
-            f"{run['metrics']['seed']}{'*' if run.get('archived') is False else ''}"
+            f"{run['metrics']['seed']}{'*' if _unarchived(run) else ''}"
             for run in sorted(entry["runs"], key=lambda run: run["metrics"]["seed"])
         ]
         failures = [run["metrics"]["failed"] for run in entry["runs"] if "failed" in run["metrics"]]
@@ -422,7 +427,7 @@ def table(entries: list[dict]) -> tuple[str, list[dict]]:
             cells[-len(metric_spec)] += f" ({skipped}/{total} updates skipped: non-finite gradient)"
         lines.append("| " + " | ".join(cells) + " |")
         rows.append(row)
-    if any(run.get("archived") is False for entry in entries for run in entry["runs"]):
+    if any(_unarchived(run) for entry in entries for run in entry["runs"]):
         lines += ["", f"\\* {UNARCHIVED_NOTE}"]
     return "\n".join(lines), rows
 
